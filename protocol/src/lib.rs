@@ -1,0 +1,360 @@
+//! The contract between `vscode-shim` (login node) and `vscode-job-helper`
+//! (compute node), and the environment the SPANK plugin publishes to the helper.
+//!
+//! Both binaries link this crate so that the control-line format and the
+//! variable names exist exactly once: a change here changes both sides.
+//!
+//! The helper shares one byte stream with VS Code's launch script (the step's
+//! stdout), so control lines are in-band. They carry a per-session secret
+//! nonce that only the shim and the helper know (it travels in the step's
+//! environment, which other users cannot read), so anything the script or a
+//! server prints that merely looks like a control line is passed on as data.
+
+use std::fmt;
+use std::io::Read;
+use std::net::SocketAddr;
+
+/// Environment variables, grouped by who sets them.
+pub mod env {
+    /// Set by the shim for the job step: the session's secret nonce.
+    pub const NONCE: &str = "VSCODE_SLURM_NONCE";
+    /// Set by the shim: the login-side port VS Code will be told to use.
+    pub const RELAY_PORT: &str = "VSCODE_SLURM_RELAY_PORT";
+    /// Set by the SPANK plugin in the step: the address servers may bind,
+    /// which is also the address the login node reaches them at.
+    pub const BIND_ADDR: &str = "VSCODE_SLURM_BIND_ADDR";
+    /// Set by the SPANK plugin: the job-scoped runtime directory (0700, the
+    /// user's), removed by the epilog.
+    pub const RUNTIME_DIR: &str = "VSCODE_SLURM_RUNTIME_DIR";
+    /// Set by the SPANK plugin when known: the job's end time, Unix seconds.
+    pub const JOB_END: &str = "VSCODE_SLURM_JOB_END";
+}
+
+/// Every control line starts with this, at the start of a line.
+pub const CONTROL_PREFIX: &[u8] = b"@@vscode-slurm@@ ";
+
+/// Longer candidate lines are not control lines; the bound keeps the shim's
+/// memory flat whatever the script prints.
+pub const MAX_CONTROL_LINE: usize = 512;
+
+/// A per-session secret: 128 random bits as 32 lowercase hex digits.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Nonce(String);
+
+impl Nonce {
+    pub fn generate() -> std::io::Result<Nonce> {
+        let mut bytes = [0u8; 16];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        Ok(Nonce(bytes.iter().map(|b| format!("{b:02x}")).collect()))
+    }
+
+    /// Accepts only the shape `generate` makes, so a mangled environment is
+    /// reported instead of silently weakening the session's secret.
+    pub fn parse(text: &str) -> Result<Nonce, ProtocolError> {
+        let well_formed =
+            text.len() == 32 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if well_formed {
+            Ok(Nonce(text.to_owned()))
+        } else {
+            Err(ProtocolError::MalformedNonce)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares without an early exit so timing does not leak how many
+    /// leading characters of a forged nonce were right.
+    fn matches(&self, candidate: &[u8]) -> bool {
+        let ours = self.0.as_bytes();
+        if ours.len() != candidate.len() {
+            return false;
+        }
+        ours.iter().zip(candidate).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+/// Keeps the secret out of logs.
+impl fmt::Debug for Nonce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Nonce(..)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtocolError {
+    MalformedNonce,
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtocolError::MalformedNonce => f.write_str("the session nonce is not 32 lowercase hex digits"),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// What the helper tells the shim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlMessage {
+    /// Where the server is reachable from the login node. Sent before the
+    /// rewritten `listeningOn` line so the relay knows its target before
+    /// VS Code can connect.
+    Endpoint(SocketAddr),
+}
+
+/// The bytes of one control line, newline included.
+pub fn encode(nonce: &Nonce, message: &ControlMessage) -> Vec<u8> {
+    let body = match message {
+        ControlMessage::Endpoint(addr) => format!("endpoint {addr}"),
+    };
+    let mut line = CONTROL_PREFIX.to_vec();
+    line.extend_from_slice(format!("{} {body}\n", nonce.as_str()).as_bytes());
+    line
+}
+
+/// Parses one complete line (without its newline) if it is a control line
+/// carrying `nonce`; anything else is `None` and stays data.
+pub fn decode(nonce: &Nonce, line: &[u8]) -> Option<ControlMessage> {
+    let rest = line.strip_prefix(CONTROL_PREFIX)?;
+    let rest = std::str::from_utf8(rest).ok()?;
+    let mut words = rest.split(' ');
+    if !nonce.matches(words.next()?.as_bytes()) {
+        return None;
+    }
+    let message = match (words.next()?, words.next()?) {
+        ("endpoint", addr) => ControlMessage::Endpoint(addr.parse().ok()?),
+        _ => return None,
+    };
+    words.next().is_none().then_some(message)
+}
+
+/// One piece of the filtered stream, in stream order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Data(Vec<u8>),
+    Control(ControlMessage),
+}
+
+/// Separates this session's control lines from the bytes meant for VS Code.
+///
+/// Bytes pass through as soon as they cannot start a control line; only a
+/// line start that still matches [`CONTROL_PREFIX`] is held back, and never
+/// more than [`MAX_CONTROL_LINE`] bytes. The result does not depend on how
+/// the stream is split into reads.
+pub struct ControlFilter {
+    nonce: Nonce,
+    at_line_start: bool,
+    held: Vec<u8>,
+}
+
+impl ControlFilter {
+    pub fn new(nonce: Nonce) -> ControlFilter {
+        ControlFilter { nonce, at_line_start: true, held: Vec::new() }
+    }
+
+    pub fn feed(&mut self, mut input: &[u8]) -> Vec<Piece> {
+        let mut out = Output::default();
+        while !input.is_empty() {
+            if !self.at_line_start && self.held.is_empty() {
+                // Mid-line: everything up to and including the next newline is data.
+                match input.iter().position(|&b| b == b'\n') {
+                    Some(newline) => {
+                        out.data(&input[..=newline]);
+                        input = &input[newline + 1..];
+                        self.at_line_start = true;
+                    }
+                    None => {
+                        out.data(input);
+                        input = &[];
+                    }
+                }
+                continue;
+            }
+            let byte = input[0];
+            input = &input[1..];
+            self.at_line_start = false;
+            self.held.push(byte);
+            let len = self.held.len();
+            if len <= CONTROL_PREFIX.len() {
+                if self.held[len - 1] != CONTROL_PREFIX[len - 1] {
+                    self.release(&mut out);
+                }
+            } else if byte == b'\n' {
+                match decode(&self.nonce, &self.held[..len - 1]) {
+                    Some(message) => {
+                        self.held.clear();
+                        out.control(message);
+                    }
+                    None => self.release(&mut out),
+                }
+                self.at_line_start = true;
+            } else if len >= MAX_CONTROL_LINE {
+                self.release(&mut out);
+            }
+            if byte == b'\n' {
+                self.at_line_start = true;
+            }
+        }
+        out.pieces
+    }
+
+    /// Releases whatever is held at end of stream: an unfinished line is data.
+    pub fn finish(&mut self) -> Vec<u8> {
+        self.at_line_start = true;
+        std::mem::take(&mut self.held)
+    }
+
+    fn release(&mut self, out: &mut Output) {
+        out.data(&self.held);
+        self.held.clear();
+    }
+}
+
+#[derive(Default)]
+struct Output {
+    pieces: Vec<Piece>,
+}
+
+impl Output {
+    fn data(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if let Some(Piece::Data(last)) = self.pieces.last_mut() {
+            last.extend_from_slice(bytes);
+        } else {
+            self.pieces.push(Piece::Data(bytes.to_vec()));
+        }
+    }
+
+    fn control(&mut self, message: ControlMessage) {
+        self.pieces.push(Piece::Control(message));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn nonce() -> Nonce {
+        Nonce::parse("0123456789abcdef0123456789abcdef").unwrap()
+    }
+
+    fn endpoint() -> ControlMessage {
+        ControlMessage::Endpoint("10.77.1.11:40000".parse().unwrap())
+    }
+
+    /// Runs the filter over `chunks` and merges adjacent data, so results of
+    /// different splits can be compared.
+    fn run(chunks: &[&[u8]]) -> Vec<Piece> {
+        let mut filter = ControlFilter::new(nonce());
+        let mut out = Output::default();
+        for chunk in chunks {
+            for piece in filter.feed(chunk) {
+                match piece {
+                    Piece::Data(d) => out.data(&d),
+                    Piece::Control(m) => out.control(m),
+                }
+            }
+        }
+        out.data(&filter.finish());
+        out.pieces
+    }
+
+    #[test]
+    fn generated_nonces_parse_and_differ() {
+        let a = Nonce::generate().unwrap();
+        let b = Nonce::generate().unwrap();
+        assert!(Nonce::parse(a.as_str()).is_ok());
+        assert_ne!(a, b);
+        assert_eq!(format!("{a:?}"), "Nonce(..)");
+    }
+
+    #[test]
+    fn malformed_nonces_are_rejected() {
+        for bad in ["", "short", "0123456789ABCDEF0123456789ABCDEF", "0123456789abcdef0123456789abcdeg"] {
+            assert_eq!(Nonce::parse(bad), Err(ProtocolError::MalformedNonce), "{bad}");
+        }
+    }
+
+    #[test]
+    fn encode_then_decode_round_trips() {
+        let line = encode(&nonce(), &endpoint());
+        assert!(line.ends_with(b"\n"));
+        assert_eq!(decode(&nonce(), &line[..line.len() - 1]), Some(endpoint()));
+        let v6 = ControlMessage::Endpoint("[fd00::5]:7".parse().unwrap());
+        let line = encode(&nonce(), &v6);
+        assert_eq!(decode(&nonce(), &line[..line.len() - 1]), Some(v6));
+    }
+
+    #[test]
+    fn control_line_is_consumed_and_ordered_before_following_data() {
+        let mut stream = b"abc: start\n".to_vec();
+        stream.extend(encode(&nonce(), &endpoint()));
+        stream.extend(b"listeningOn==40000==\n");
+        assert_eq!(
+            run(&[&stream]),
+            vec![
+                Piece::Data(b"abc: start\n".to_vec()),
+                Piece::Control(endpoint()),
+                Piece::Data(b"listeningOn==40000==\n".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_nonce_and_near_misses_stay_data() {
+        let forged = encode(&Nonce::parse("ffffffffffffffffffffffffffffffff").unwrap(), &endpoint());
+        let mid_line = [b"x".as_slice(), &encode(&nonce(), &endpoint())].concat();
+        let trailing = [&encode(&nonce(), &endpoint())[..CONTROL_PREFIX.len() + 50], b" extra\n"].concat();
+        for stream in [forged, mid_line, trailing, b"@@vscode-slurm@@\n".to_vec(), b"@@vscode".to_vec()] {
+            assert_eq!(run(&[&stream]), vec![Piece::Data(stream.clone())]);
+        }
+    }
+
+    #[test]
+    fn long_prefixed_line_is_released_without_growing() {
+        let mut filter = ControlFilter::new(nonce());
+        let mut line = CONTROL_PREFIX.to_vec();
+        line.extend(std::iter::repeat_n(b'z', 10 * MAX_CONTROL_LINE));
+        let pieces = filter.feed(&line);
+        assert_eq!(pieces, vec![Piece::Data(line)]);
+        assert!(filter.held.is_empty());
+    }
+
+    fn stream_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let control = Just(encode(&nonce(), &endpoint()));
+        let forged = Just(encode(&Nonce::parse("00000000000000000000000000000000").unwrap(), &endpoint()));
+        let prefix_only = Just(CONTROL_PREFIX.to_vec());
+        let noise = proptest::collection::vec(any::<u8>(), 0..40);
+        let newline = Just(b"\n".to_vec());
+        proptest::collection::vec(prop_oneof![control, forged, prefix_only, noise, newline], 0..12)
+            .prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_gives_the_same_result(stream in stream_strategy(), cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8)) {
+            let whole = run(&[&stream]);
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+            points.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut start = 0;
+            for p in points {
+                chunks.push(&stream[start..p]);
+                start = p;
+            }
+            chunks.push(&stream[start..]);
+            prop_assert_eq!(run(&chunks), whole.clone());
+            // Data out is exactly the input minus the consumed control lines.
+            let data: Vec<u8> = whole.iter().flat_map(|p| match p { Piece::Data(d) => d.clone(), _ => vec![] }).collect();
+            let controls = whole.iter().filter(|p| matches!(p, Piece::Control(_))).count();
+            prop_assert_eq!(data.len() + controls * encode(&nonce(), &endpoint()).len(), stream.len());
+        }
+    }
+}
