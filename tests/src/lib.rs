@@ -1,1 +1,226 @@
+//! Helpers for the end-to-end tests: they drive the lab cluster through
+//! `tests/lab/labctl`, the one place that knows how the lab is built.
+//!
+//! The tests expect the lab to be up (`tests/test-all` brings it up and down
+//! around them) and fail with a message saying so when it is not.
 
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub struct Lab {
+    labctl: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Lab {
+    /// The running lab; panics with what to do when it is not up.
+    pub fn get() -> Lab {
+        let labctl = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/labctl");
+        let dir = PathBuf::from(
+            std::env::var("VSCODE_SLURM_LAB").unwrap_or_else(|_| "/var/tmp/vscode-slurm-lab".to_owned()),
+        );
+        let lab = Lab { labctl, dir };
+        let status = lab.labctl_command(&["exec", "head", "true"]).output().expect("run labctl");
+        assert!(
+            status.status.success(),
+            "the lab is not up: run `tests/test-all` (or `tests/lab/labctl up` after a release build)\n{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        lab
+    }
+
+    pub fn labctl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.labctl);
+        command.args(args).env("VSCODE_SLURM_LAB", &self.dir);
+        command
+    }
+
+    /// Runs `labctl ARGS` and returns its output, whatever the exit status.
+    pub fn labctl(&self, args: &[&str]) -> Output {
+        self.labctl_command(args).output().expect("run labctl")
+    }
+
+    /// `bash -c SCRIPT` on `host`, as root when `user` is None.
+    pub fn sh(&self, user: Option<&str>, host: &str, script: &str) -> Output {
+        self.command(user, host, &["bash", "-c", script]).output().expect("run labctl exec")
+    }
+
+    /// Like [`Lab::sh`], but the command must succeed; returns its stdout.
+    pub fn sh_ok(&self, user: Option<&str>, host: &str, script: &str) -> String {
+        let out = self.sh(user, host, script);
+        assert!(
+            out.status.success(),
+            "`{script}` on {host} as {} failed ({}):\nstdout: {}\nstderr: {}",
+            user.unwrap_or("root"),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn command(&self, user: Option<&str>, host: &str, argv: &[&str]) -> Command {
+        let mut args = vec!["exec"];
+        if let Some(user) = user {
+            args.extend(["-u", user]);
+        }
+        args.push(host);
+        args.extend(argv);
+        self.labctl_command(&args)
+    }
+
+    /// Starts `argv` on `host` with piped stdin and stdout read line by line
+    /// in the background, so tests can await lines with a bound.
+    pub fn spawn(&self, user: Option<&str>, host: &str, argv: &[&str]) -> LineProcess {
+        let mut command = self.command(user, host, argv);
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        LineProcess::start(command)
+    }
+
+    /// The contents of a file in the lab directory (logs, homes).
+    pub fn read(&self, relative: &str) -> String {
+        std::fs::read_to_string(self.dir.join(relative)).unwrap_or_default()
+    }
+}
+
+/// A process whose stdout and stderr lines arrive on channels.
+pub struct LineProcess {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Receiver<String>,
+    stderr: Receiver<String>,
+    pub stdout_seen: Vec<String>,
+    pub stderr_seen: Vec<String>,
+}
+
+impl LineProcess {
+    pub fn start(mut command: Command) -> LineProcess {
+        let mut child = command.spawn().expect("spawn process");
+        let stdin = child.stdin.take();
+        let stdout = lines_of(child.stdout.take().expect("piped stdout"));
+        let stderr = lines_of(child.stderr.take().expect("piped stderr"));
+        LineProcess { child, stdin, stdout, stderr, stdout_seen: vec![], stderr_seen: vec![] }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").expect("write to process stdin");
+        stdin.flush().expect("flush process stdin");
+    }
+
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+
+    /// Waits for a stdout line satisfying `wanted`, failing with everything
+    /// seen so far when it does not come within `timeout`.
+    pub fn expect_line(&mut self, what: &str, timeout: Duration, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.drain_stderr();
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(line) => {
+                    self.stdout_seen.push(line.clone());
+                    if wanted(&line) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                Err(err) => {
+                    self.drain_stderr();
+                    panic!(
+                        "no stdout line {what} within {timeout:?} ({err:?}).\nstdout so far:\n{}\nstderr so far:\n{}",
+                        self.stdout_seen.join("\n"),
+                        self.stderr_seen.join("\n")
+                    )
+                }
+            }
+        }
+    }
+
+    pub fn drain_stderr(&mut self) {
+        while let Ok(line) = self.stderr.try_recv() {
+            self.stderr_seen.push(line);
+        }
+    }
+
+    /// Waits for the process to exit, killing it after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Give the reader threads the last lines.
+                thread::sleep(Duration::from_millis(50));
+                self.drain_stderr();
+                while let Ok(line) = self.stdout.try_recv() {
+                    self.stdout_seen.push(line);
+                }
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                self.drain_stderr();
+                return None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for LineProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn lines_of(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Polls `condition` every 100 ms until it holds, failing with `what` and
+/// the last observation when `timeout` passes. For states that have no
+/// event to await (a process gone, a job left the queue).
+pub fn wait_until<T: std::fmt::Debug>(
+    what: &str,
+    timeout: Duration,
+    mut observe: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen = observe();
+        if done(&seen) {
+            return seen;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last seen: {seen:?}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn stdout_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

@@ -1,0 +1,128 @@
+//! The lab itself: the proving ground must be what it claims before anything
+//! proven on it counts.
+
+use std::time::Duration;
+use vscode_slurm_tests::{stderr_of, stdout_of, wait_until, Lab};
+
+#[test]
+fn laptop_reaches_the_login_node_over_real_ssh() {
+    let lab = Lab::get();
+    let out = lab.labctl(&["ssh", "login", "hostname"]);
+    assert!(out.status.success(), "ssh login hostname failed: {}", stderr_of(&out));
+    assert_eq!(stdout_of(&out).trim(), "login");
+    // Host key checking is on, so this was the lab's own sshd, authenticated by key.
+    let whoami = lab.labctl(&["ssh", "-u", "bob", "login", "id", "-un"]);
+    assert_eq!(stdout_of(&whoami).trim(), "bob");
+}
+
+#[test]
+fn laptop_cannot_reach_compute_nodes_or_head() {
+    let lab = Lab::get();
+    for target in ["10.77.1.11", "10.77.1.12", "10.77.1.2"] {
+        let out = lab.sh(Some("alice"), "laptop", &format!("exec 3<>/dev/tcp/{target}/6818"));
+        assert!(!out.status.success(), "laptop reached {target}");
+        assert!(
+            stderr_of(&out).contains("unreachable"),
+            "expected 'Network is unreachable' for {target}, got: {}",
+            stderr_of(&out)
+        );
+    }
+    // The login node does reach the cluster network (slurmd's port on c1).
+    lab.sh_ok(Some("alice"), "login", "exec 3<>/dev/tcp/10.77.1.11/6818");
+}
+
+#[test]
+fn root_namespace_has_no_route_to_the_lab() {
+    let out = std::process::Command::new("ip").args(["route", "get", "10.77.1.11"]).output().unwrap();
+    let text = stdout_of(&out);
+    // Whatever route the machine has for it, it is not through a lab interface.
+    for lab_iface in ["br0", "p-c1", "eth1 "] {
+        assert!(!text.contains(&format!("dev {lab_iface}")), "root namespace routes to the lab: {text}");
+    }
+    let links = stdout_of(&std::process::Command::new("ip").args(["-o", "link"]).output().unwrap());
+    assert!(!links.contains("p-c1") && !links.contains("br0"), "lab interface in root namespace: {links}");
+}
+
+#[test]
+fn hosts_have_their_own_names_and_node_local_tmp_but_share_home() {
+    let lab = Lab::get();
+    for host in ["laptop", "login", "head", "c1", "c2"] {
+        assert_eq!(lab.sh_ok(None, host, "hostname").trim(), host);
+    }
+    lab.sh_ok(Some("alice"), "c1", "echo from-c1 > /tmp/marker && echo shared > ~/shared-marker");
+    let on_c2 = lab.sh(Some("alice"), "c2", "cat /tmp/marker");
+    assert!(!on_c2.status.success(), "c1's /tmp is visible on c2");
+    assert_eq!(lab.sh_ok(Some("alice"), "login", "cat ~/shared-marker").trim(), "shared");
+    let on_laptop = lab.sh(Some("alice"), "laptop", "cat ~/shared-marker");
+    assert!(!on_laptop.status.success(), "the laptop shares the cluster's home");
+    lab.sh_ok(Some("alice"), "login", "rm ~/shared-marker");
+}
+
+#[test]
+fn interactive_allocation_runs_on_a_compute_node() {
+    let lab = Lab::get();
+    let out = lab.labctl(&["ssh", "login", "salloc", "-N1", "srun", "hostname"]);
+    assert!(out.status.success(), "salloc failed: {}", stderr_of(&out));
+    let host = stdout_of(&out);
+    assert!(["c1", "c2"].contains(&host.trim()), "ran on {host:?}");
+}
+
+#[test]
+fn job_fed_through_stdin_runs_on_a_compute_node() {
+    let lab = Lab::get();
+    // A bare salloc with use_interactive_step runs a shell on the first node,
+    // reading commands from stdin: the shape a RemoteCommand session has.
+    let out = lab.sh(Some("alice"), "laptop", "echo 'echo host=$(hostname) job=$SLURM_JOB_ID' | ssh -T login salloc");
+    assert!(out.status.success(), "stdin-fed salloc failed: {}", stderr_of(&out));
+    let text = stdout_of(&out);
+    assert!(text.contains("host=c1") || text.contains("host=c2"), "got {text:?}");
+    assert!(!text.contains("job= "), "no job id in the step: {text:?}");
+}
+
+#[test]
+fn sbatch_and_scancel_work_and_the_epilog_runs_for_every_job() {
+    let lab = Lab::get();
+    let submit = lab.sh_ok(Some("alice"), "login", "sbatch --parsable --wrap 'sleep 300'");
+    let long_job: u32 = submit.trim().parse().expect("job id from sbatch --parsable");
+    wait_until(
+        "the batch job to run",
+        Duration::from_secs(20),
+        || lab.sh_ok(Some("alice"), "login", &format!("squeue -h -j {long_job} -o %T")),
+        |state| state.trim() == "RUNNING",
+    );
+    lab.sh_ok(Some("alice"), "login", &format!("scancel {long_job}"));
+    wait_until(
+        "the cancelled job to leave the queue",
+        Duration::from_secs(20),
+        || lab.sh_ok(Some("alice"), "login", "squeue -h -u alice -o %i"),
+        |ids| !ids.split_whitespace().any(|id| id == long_job.to_string()),
+    );
+    let quick = lab.sh_ok(Some("bob"), "login", "sbatch --parsable -N2 --wrap 'srun hostname'");
+    let two_node_job: u32 = quick.trim().parse().expect("job id");
+    // Each job ends with one epilog line per node it ran on.
+    for (job, nodes) in [(long_job, 1), (two_node_job, 2)] {
+        wait_until(
+            &format!("epilog lines for job {job} on {nodes} node(s)"),
+            Duration::from_secs(30),
+            || {
+                lab.read("log/epilog.log")
+                    .lines()
+                    .filter(|l| l.contains(&format!(" job={job} ")))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            },
+            |lines| lines.len() == nodes,
+        );
+    }
+}
+
+#[test]
+fn the_plugin_is_configured_as_required() {
+    let lab = Lab::get();
+    let conf = lab.read("etc/slurm/plugstack.conf.d/vscode.conf");
+    if lab.dir.join("lib/spank_vscode.so").exists() {
+        assert!(conf.starts_with("required "), "plugstack line: {conf:?}");
+    } else {
+        assert!(conf.starts_with('#'), "plugstack line without a plugin: {conf:?}");
+    }
+}
