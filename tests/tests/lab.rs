@@ -72,7 +72,11 @@ fn job_fed_through_stdin_runs_on_a_compute_node() {
     let lab = Lab::get();
     // A bare salloc with use_interactive_step runs a shell on the first node,
     // reading commands from stdin: the shape a RemoteCommand session has.
-    let out = lab.sh(Some("alice"), "laptop", "echo 'echo host=$(hostname) job=$SLURM_JOB_ID' | ssh -T login salloc");
+    let out = lab.sh(
+        Some("alice"),
+        "laptop",
+        "echo 'echo host=$(hostname) job=$SLURM_JOB_ID' | ssh -T login salloc",
+    );
     assert!(out.status.success(), "stdin-fed salloc failed: {}", stderr_of(&out));
     let text = stdout_of(&out);
     assert!(text.contains("host=c1") || text.contains("host=c2"), "got {text:?}");

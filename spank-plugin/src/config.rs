@@ -1,0 +1,202 @@
+//! The plugin's plugstack.conf arguments.
+//!
+//! Parsing is strict on purpose: with the plugin marked `required`, a typo
+//! makes salloc refuse with a message naming the bad argument, instead of the
+//! plugin silently running with a default the admin did not mean.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use crate::bind::BindSpec;
+use crate::failure::Failure;
+
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/vscode-slurm";
+pub const DEFAULT_KILL_GRACE_SECS: u64 = 5;
+/// Longer would hold the node in COMPLETING for too long.
+pub const MAX_KILL_GRACE_SECS: u64 = 60;
+
+const KNOWN_KEYS: &str = "bind, runtime_dir, kill_grace";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub bind: BindSpec,
+    /// Root-owned base directory; each job gets `<runtime_dir>/<jobid>`.
+    pub runtime_dir: PathBuf,
+    /// Time between SIGTERM and SIGKILL in the epilog.
+    pub kill_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            bind: BindSpec::NodeAddr,
+            runtime_dir: PathBuf::from(DEFAULT_RUNTIME_DIR),
+            kill_grace: Duration::from_secs(DEFAULT_KILL_GRACE_SECS),
+        }
+    }
+}
+
+impl Config {
+    /// Parses the arguments after the plugin path on its plugstack.conf line.
+    pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Config, Failure> {
+        let mut config = Config::default();
+        let mut seen: Vec<&str> = Vec::new();
+        for arg in args {
+            let arg = arg.as_ref();
+            let Some((key, value)) = arg.split_once('=') else {
+                return Err(Failure::new(format!(
+                    "vscode: plugstack argument '{arg}' is not of the form key=value; \
+                     write e.g. kill_grace=5 (known keys: {KNOWN_KEYS})"
+                )));
+            };
+            if !matches!(key, "bind" | "runtime_dir" | "kill_grace") {
+                return Err(Failure::new(format!(
+                    "vscode: unknown plugstack argument '{arg}' (known: {KNOWN_KEYS})"
+                )));
+            }
+            if seen.contains(&key) {
+                return Err(Failure::new(format!(
+                    "vscode: plugstack argument '{key}' is given more than once; keep only one {key}="
+                )));
+            }
+            seen.push(key);
+            match key {
+                "bind" => config.bind = BindSpec::parse(value)?,
+                "runtime_dir" => config.runtime_dir = parse_runtime_dir(value)?,
+                _ => config.kill_grace = parse_kill_grace(value)?,
+            }
+        }
+        Ok(config)
+    }
+}
+
+fn parse_runtime_dir(value: &str) -> Result<PathBuf, Failure> {
+    let reject = |why: &str| {
+        Failure::new(format!(
+            "vscode: bad plugstack argument 'runtime_dir={value}': {why}; \
+             write an absolute path such as runtime_dir={DEFAULT_RUNTIME_DIR}"
+        ))
+    };
+    if value.contains('\0') {
+        return Err(reject("the path contains a NUL byte"));
+    }
+    let path = Path::new(value);
+    if !path.is_absolute() {
+        return Err(reject("the path is not absolute"));
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(reject("the path contains a '..' component"));
+    }
+    // Job directories straight under / would be created next to /etc and /usr.
+    if path.components().all(|c| c == Component::RootDir) {
+        return Err(reject("the path is the root directory"));
+    }
+    Ok(path.components().collect())
+}
+
+fn parse_kill_grace(value: &str) -> Result<Duration, Failure> {
+    // Digits only: no sign, no spaces, no unit.
+    let secs = (!value.is_empty() && value.len() <= 2 && value.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| value.parse::<u64>().ok())
+        .flatten()
+        .filter(|secs| *secs <= MAX_KILL_GRACE_SECS);
+    secs.map(Duration::from_secs).ok_or_else(|| {
+        Failure::new(format!(
+            "vscode: bad plugstack argument 'kill_grace={value}': expected a whole number of seconds \
+             from 0 to {MAX_KILL_GRACE_SECS}, e.g. kill_grace={DEFAULT_KILL_GRACE_SECS}"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, Failure> {
+        Config::parse(args)
+    }
+
+    fn rejected(args: &[&str]) -> String {
+        let message = parse(args).unwrap_err().message().to_owned();
+        assert!(message.starts_with("vscode: "), "{message}");
+        message
+    }
+
+    #[test]
+    fn no_arguments_gives_defaults() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.bind, BindSpec::NodeAddr);
+        assert_eq!(config.runtime_dir, PathBuf::from("/run/vscode-slurm"));
+        assert_eq!(config.kill_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn every_key_is_accepted() {
+        let config = parse(&["bind=ib0", "runtime_dir=/var/run/vs//code/", "kill_grace=0"]).unwrap();
+        assert_eq!(config.bind, BindSpec::Interface("ib0".into()));
+        assert_eq!(config.runtime_dir, PathBuf::from("/var/run/vs/code"));
+        assert_eq!(config.kill_grace, Duration::ZERO);
+        assert_eq!(parse(&["kill_grace=60"]).unwrap().kill_grace, Duration::from_secs(60));
+        assert_eq!(parse(&["bind=10.0.0.1"]).unwrap().bind, BindSpec::Address("10.0.0.1".parse().unwrap()));
+        assert_eq!(parse(&["bind=nodeaddr"]).unwrap().bind, BindSpec::NodeAddr);
+        assert_eq!(parse(&["runtime_dir=/x"]).unwrap().runtime_dir, PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_the_known_ones() {
+        assert_eq!(
+            rejected(&["foo=1"]),
+            "vscode: unknown plugstack argument 'foo=1' (known: bind, runtime_dir, kill_grace)"
+        );
+        assert!(rejected(&["Bind=eth0"]).contains("unknown plugstack argument 'Bind=eth0'"));
+        assert!(rejected(&["=1"]).contains("unknown plugstack argument '=1'"));
+    }
+
+    #[test]
+    fn argument_without_equals_is_rejected() {
+        let message = rejected(&["frob"]);
+        assert!(message.contains("'frob' is not of the form key=value"), "{message}");
+        assert!(message.contains("known keys: bind, runtime_dir, kill_grace"), "{message}");
+        assert!(rejected(&["bind"]).contains("'bind' is not of the form key=value"));
+    }
+
+    #[test]
+    fn repeated_key_is_rejected() {
+        assert!(rejected(&["bind=eth0", "bind=eth1"]).contains("'bind' is given more than once"));
+        assert!(rejected(&["kill_grace=1", "kill_grace=1"]).contains("'kill_grace' is given more than once"));
+    }
+
+    #[test]
+    fn bad_bind_is_rejected() {
+        for bad in ["bind=", "bind=eth 0", "bind=10.0.0", "bind=waytoolonginterface0"] {
+            assert!(rejected(&[bad]).contains("bad plugstack argument 'bind="), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_runtime_dir_is_rejected() {
+        assert!(rejected(&["runtime_dir="]).contains("not absolute"));
+        assert!(rejected(&["runtime_dir=run/vscode"]).contains("not absolute"));
+        assert!(rejected(&["runtime_dir=./run"]).contains("not absolute"));
+        assert!(rejected(&["runtime_dir=/run/../etc"]).contains("'..'"));
+        assert!(rejected(&["runtime_dir=/run/x/.."]).contains("'..'"));
+        assert!(rejected(&["runtime_dir=/run/a\0b"]).contains("NUL"));
+        assert!(rejected(&["runtime_dir=/"]).contains("root directory"));
+        assert!(rejected(&["runtime_dir=//"]).contains("root directory"));
+    }
+
+    #[test]
+    fn bad_kill_grace_is_rejected() {
+        for bad in
+            ["", "61", "100", "-1", "+5", " 5", "5 ", "5s", "1.5", "abc", "0x5", "999999999999999999999"]
+        {
+            let message = rejected(&[&format!("kill_grace={bad}")]);
+            assert!(message.contains("from 0 to 60"), "{bad}: {message}");
+        }
+    }
+
+    #[test]
+    fn first_error_stops_parsing() {
+        assert!(rejected(&["kill_grace=5", "frob", "foo=1"]).contains("'frob'"));
+    }
+}
