@@ -1,1 +1,386 @@
-fn main() {}
+//! Runs VS Code's launch script inside a Slurm job step: the script's loopback
+//! binds become the node's published address on the way in, and the
+//! server's `listeningOn` line becomes an endpoint control line for
+//! `vscode-shim` plus the relay's port on the way out.
+
+mod bind_rewrite;
+mod listening;
+mod logging;
+mod shell;
+mod socket_bridge;
+
+use std::collections::HashMap;
+use std::env::VarError;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{ArgAction, Parser};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::process::ChildStdin;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::oneshot;
+use vscode_slurm_protocol::{self as protocol, env, ControlMessage, Nonce};
+
+use crate::bind_rewrite::BindRewriter;
+use crate::listening::{Listening, ListeningScanner, Piece, Reach, Target};
+use crate::shell::Shell;
+use crate::socket_bridge::Peers;
+
+/// How long the script's processes get between SIGTERM and SIGKILL.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// How long output still in the pipe may take to reach VS Code once the
+/// script's processes are gone.
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// Exit code for unusable arguments or environment.
+const USAGE: i32 = 2;
+
+/// Runs VS Code's launch script (read from stdin) inside a Slurm job step.
+///
+/// Started by vscode-shim through `srun`; the step's environment carries
+/// the session (VSCODE_SLURM_NONCE, VSCODE_SLURM_RELAY_PORT) and the node's
+/// published address (VSCODE_SLURM_BIND_ADDR, from the spank_vscode plugin).
+#[derive(Debug, Parser)]
+#[command(name = "vscode-job-helper", version)]
+struct Cli {
+    /// Shell that reads the launch script from its stdin.
+    #[arg(long, value_name = "PATH", default_value = "/bin/bash")]
+    shell: PathBuf,
+
+    /// More log output (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = ArgAction::Count)]
+    verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+
+    /// Also log to this file (at least info level); %p becomes the pid.
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+
+    /// Address servers bind and are reached at, instead of VSCODE_SLURM_BIND_ADDR.
+    #[arg(long, value_name = "ADDR")]
+    bind_addr: Option<IpAddr>,
+}
+
+impl Cli {
+    /// stderr ends up in VS Code's log line by line, so clap's multi-line
+    /// usage errors are cut down to one line; help and version print as usual.
+    fn parse_or_exit() -> Cli {
+        match Cli::try_parse() {
+            Ok(cli) => cli,
+            Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+            Err(e) => {
+                let rendered = e.render().to_string();
+                let first =
+                    rendered.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("invalid arguments");
+                fail(format_args!("{}; see --help", first.strip_prefix("error: ").unwrap_or(first)))
+            }
+        }
+    }
+}
+
+fn fail(message: std::fmt::Arguments<'_>) -> ! {
+    eprintln!("{}{message}", logging::PREFIX);
+    std::process::exit(USAGE)
+}
+
+/// What the step's environment says about this session.
+struct Session {
+    nonce: Nonce,
+    relay_port: u16,
+    bind: IpAddr,
+    peers: Peers,
+}
+
+const START_WITH_SHIM: &str = "start sessions with vscode-shim";
+
+impl Session {
+    fn from_env(cli: &Cli) -> Result<Session, String> {
+        let nonce = Nonce::parse(&required(env::NONCE, "the helper was not started by vscode-shim")?)
+            .map_err(|e| format!("{} is malformed ({e}); {START_WITH_SHIM}", env::NONCE))?;
+        let port_text = required(env::RELAY_PORT, "the helper was not started by vscode-shim")?;
+        let relay_port = port_text.parse().ok().filter(|&port| port != 0).ok_or_else(|| {
+            format!("{} is not a port number (1-65535): {port_text:?}; {START_WITH_SHIM}", env::RELAY_PORT)
+        })?;
+        let bind = match cli.bind_addr {
+            Some(bind) => bind,
+            None => {
+                let text = required(
+                    env::BIND_ADDR,
+                    "the job was not started with --vscode or the spank_vscode plugin is not loaded",
+                )?;
+                text.parse().map_err(|_| {
+                    format!(
+                        "{} is not an IP address: {text:?}; check the spank_vscode plugin's configuration",
+                        env::BIND_ADDR
+                    )
+                })?
+            }
+        };
+        Ok(Session { nonce, relay_port, bind, peers: launch_node_peers() })
+    }
+}
+
+fn required(name: &str, why_missing: &str) -> Result<String, String> {
+    match std::env::var(name) {
+        Ok(value) => Ok(value),
+        Err(VarError::NotPresent) => Err(format!("{name} is not set: {why_missing}; {START_WITH_SHIM}")),
+        Err(VarError::NotUnicode(_)) => Err(format!("{name} is not valid UTF-8; {START_WITH_SHIM}")),
+    }
+}
+
+/// The relay runs where srun was started, so only that node may use a
+/// socket bridge.
+fn launch_node_peers() -> Peers {
+    match std::env::var("SLURM_LAUNCH_NODE_IPADDR") {
+        Ok(text) => match text.parse() {
+            Ok(addr) => Peers::Only(addr),
+            Err(_) => {
+                tracing::warn!(
+                    "SLURM_LAUNCH_NODE_IPADDR {text:?} is not an address; socket bridges accept anyone"
+                );
+                Peers::Any
+            }
+        },
+        Err(_) => {
+            tracing::info!("SLURM_LAUNCH_NODE_IPADDR is not set; socket bridges accept anyone");
+            Peers::Any
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse_or_exit();
+    let log_file = cli.log_file.as_deref().map(expand_pid);
+    if let Err(e) = logging::init(cli.verbose, cli.quiet, log_file.as_deref()) {
+        let path = log_file.as_deref().unwrap_or(Path::new("")).display();
+        fail(format_args!("cannot open the log file {path}: {e}"));
+    }
+    let session = Session::from_env(&cli).unwrap_or_else(|message| fail(format_args!("{message}")));
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => fail(format_args!("cannot start the async runtime: {e}")),
+    };
+    let code = runtime.block_on(run(&cli.shell, session));
+    // Not returning: the runtime would wait for the blocking read of our
+    // stdin, which may never end.
+    std::process::exit(code)
+}
+
+/// Lets several sessions share one log path pattern.
+fn expand_pid(path: &Path) -> PathBuf {
+    PathBuf::from(path.to_string_lossy().replace("%p", &std::process::id().to_string()))
+}
+
+/// Why the session ended.
+enum End {
+    StdinClosed,
+    StdoutClosed,
+    ShellExited(io::Result<ExitStatus>),
+    Signal(i32),
+}
+
+async fn run(shell_path: &Path, session: Session) -> i32 {
+    let signals = [SignalKind::terminate(), SignalKind::hangup(), SignalKind::interrupt()].map(signal);
+    let [Ok(mut term), Ok(mut hup), Ok(mut int)] = signals else {
+        tracing::error!("cannot handle signals");
+        return 1;
+    };
+    let (mut shell, shell_in, shell_out) = match Shell::spawn(shell_path) {
+        Ok(spawned) => spawned,
+        Err(e) => fail(format_args!("cannot start the shell {}: {e}; check --shell", shell_path.display())),
+    };
+    let rewrites = Arc::new(AtomicUsize::new(0));
+    let stdin_task = tokio::spawn(pump_stdin(
+        tokio::io::stdin(),
+        shell_in,
+        BindRewriter::new(session.bind),
+        rewrites.clone(),
+    ));
+    let (broken_tx, broken_rx) = oneshot::channel();
+    let announcer = Announcer { session, rewrites, bridges: HashMap::new() };
+    let mut stdout_task = tokio::spawn(async move {
+        if let Err(e) = pump_stdout(shell_out, tokio::io::stdout(), announcer).await {
+            tracing::debug!("our stdout is gone: {e}");
+            let _ = broken_tx.send(());
+        }
+    });
+
+    let end = tokio::select! {
+        _ = stdin_task => End::StdinClosed,
+        status = shell.wait() => End::ShellExited(status),
+        Ok(()) = broken_rx => End::StdoutClosed,
+        _ = term.recv() => End::Signal(libc::SIGTERM),
+        _ = hup.recv() => End::Signal(libc::SIGHUP),
+        _ = int.recv() => End::Signal(libc::SIGINT),
+    };
+    let code = match &end {
+        End::StdinClosed => {
+            tracing::info!("stdin closed: ending the launch script");
+            0
+        }
+        End::StdoutClosed => {
+            tracing::info!("stdout closed: ending the launch script");
+            0
+        }
+        End::ShellExited(Ok(status)) => {
+            tracing::info!("the launch script's shell exited ({status}): ending what it started");
+            shell::exit_code(*status)
+        }
+        End::ShellExited(Err(e)) => {
+            tracing::error!("cannot wait for the launch script's shell: {e}");
+            1
+        }
+        End::Signal(number) => {
+            tracing::info!("signal {number}: ending the launch script");
+            128 + number
+        }
+    };
+    shell.end_group(GRACE).await;
+    if !matches!(end, End::StdoutClosed) && tokio::time::timeout(DRAIN, &mut stdout_task).await.is_err() {
+        tracing::warn!("output of the launch script still open after its processes ended; dropping it");
+    }
+    code
+}
+
+/// Helper stdin → rewriter → shell stdin, until our stdin ends; then the
+/// shell's stdin is closed.
+async fn pump_stdin(
+    mut from: impl AsyncRead + Unpin,
+    to: ChildStdin,
+    mut rewriter: BindRewriter,
+    rewrites: Arc<AtomicUsize>,
+) {
+    let mut to = Some(to);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("reading our stdin: {e}");
+                break;
+            }
+        };
+        let bytes = rewriter.feed(&buf[..n]);
+        rewrites.store(rewriter.rewrites(), Ordering::Relaxed);
+        forward(&mut to, &bytes).await;
+    }
+    let tail = rewriter.finish();
+    rewrites.store(rewriter.rewrites(), Ordering::Relaxed);
+    forward(&mut to, &tail).await;
+}
+
+/// Once the shell stops reading, the rest of our stdin is only watched for
+/// its end.
+async fn forward(to: &mut Option<ChildStdin>, bytes: &[u8]) {
+    let Some(pipe) = to else { return };
+    if bytes.is_empty() {
+        return;
+    }
+    if let Err(e) = pipe.write_all(bytes).await {
+        tracing::debug!("the shell stopped reading its stdin: {e}");
+        *to = None;
+    }
+}
+
+/// Shell stdout → scanner → our stdout, flushed after every read because
+/// VS Code acts on each line as it comes. Err only when writing fails.
+async fn pump_stdout(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    mut announcer: Announcer,
+) -> io::Result<()> {
+    let mut scanner = ListeningScanner::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).await.unwrap_or_else(|e| {
+            tracing::warn!("reading the launch script's output: {e}");
+            0
+        });
+        if n == 0 {
+            to.write_all(&scanner.finish()).await?;
+            return to.flush().await;
+        }
+        for piece in scanner.feed(&buf[..n]) {
+            match piece {
+                Piece::Data(data) => to.write_all(&data).await?,
+                Piece::Listening(listening) => to.write_all(&announcer.announce(listening).await).await?,
+            }
+        }
+        to.flush().await?;
+    }
+}
+
+/// Turns a `listeningOn` line into what the shim and VS Code need.
+struct Announcer {
+    session: Session,
+    /// Loopback binds rewritten in the script so far.
+    rewrites: Arc<AtomicUsize>,
+    /// VS Code may print the same socket again on a re-run; one bridge serves.
+    bridges: HashMap<PathBuf, SocketAddr>,
+}
+
+impl Announcer {
+    /// The bytes that replace the line's marker: the endpoint control line
+    /// first (the shim must know the target before VS Code can connect),
+    /// then the marker with the relay's port. A server that cannot be
+    /// reached is passed on unchanged.
+    async fn announce(&mut self, listening: Listening) -> Vec<u8> {
+        let endpoint = match listening.reach(self.session.bind) {
+            Reach::Tcp(endpoint) => {
+                self.warn_if_loopback(&listening);
+                endpoint
+            }
+            Reach::Unix(path) => match self.bridge(path).await {
+                Ok(endpoint) => endpoint,
+                Err(e) => {
+                    tracing::error!("cannot bridge to the server's socket {}: {e}", path.display());
+                    return listening.original;
+                }
+            },
+        };
+        tracing::info!("server reachable at {endpoint}; VS Code is told port {}", self.session.relay_port);
+        let mut bytes = protocol::encode(&self.session.nonce, &ControlMessage::Endpoint(endpoint));
+        bytes.extend_from_slice(&listening.rewritten(self.session.relay_port));
+        bytes
+    }
+
+    async fn bridge(&mut self, path: &Path) -> io::Result<SocketAddr> {
+        if let Some(&endpoint) = self.bridges.get(path) {
+            return Ok(endpoint);
+        }
+        let endpoint =
+            socket_bridge::start(self.session.bind, path.to_path_buf(), self.session.peers).await?;
+        self.bridges.insert(path.to_path_buf(), endpoint);
+        Ok(endpoint)
+    }
+
+    /// A bind that slipped past the rewriter fails only later, as "connection
+    /// refused" at the relay; say so where it is visible.
+    fn warn_if_loopback(&self, listening: &Listening) {
+        if self.session.bind.is_loopback() {
+            return;
+        }
+        match listening.target {
+            Target::HostPort(host, port) if host.is_loopback() => tracing::warn!(
+                "the server listens on {host}:{port}, unreachable from the login node: \
+                 the launch script's loopback bind was not rewritten"
+            ),
+            Target::Port(port) if self.rewrites.load(Ordering::Relaxed) == 0 => tracing::warn!(
+                "no loopback bind was rewritten in the launch script; if the server on port {port} \
+                 listens on loopback only, the relay will be refused"
+            ),
+            _ => {}
+        }
+    }
+}

@@ -98,10 +98,12 @@ fn server_that_escaped_the_session_is_ended_by_the_epilog() {
 
     let (_, _client) = session.close();
     assert_nothing_left(&lab, "alice", job, Duration::from_secs(20));
-    let epilog = lab.read("log/slurmd-".to_owned() + &node + ".log");
+    // It was the plugin's epilog that ended it, and it says so in slurmd's log.
+    let slurmd_log = lab.read(&format!("log/slurmd-{node}.log"));
+    let ours: Vec<&str> = slurmd_log.lines().filter(|l| l.contains(&format!("vscode: job {job}:"))).collect();
     assert!(
-        epilog.contains(&format!("vscode: job {job}")),
-        "the plugin's epilog did not log for job {job} on {node}"
+        ours.iter().any(|l| l.contains("SIGTERM") && l.contains(&escaped_pid)),
+        "the epilog did not report ending pid {escaped_pid} of job {job} on {node}: {ours:?}"
     );
 }
 

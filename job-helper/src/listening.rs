@@ -1,0 +1,456 @@
+//! Finds the `listeningOn==X==` lines of the launch script's output.
+//!
+//! VS Code connects as soon as it reads that line, through the login node, so
+//! the shim has to learn the server's real endpoint first (a control line
+//! just before it), and VS Code has to be told the relay's port instead of
+//! the server's.
+
+use std::ffi::OsStr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+const MARKER: &[u8] = b"listeningOn==";
+const TERMINATOR: &[u8] = b"==";
+
+/// Longer values are not endpoints; the bound keeps memory flat whatever the
+/// script prints.
+pub const MAX_VALUE: usize = 4096;
+
+/// What the launch script said the server listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `listeningOn==PORT==` (legacy server on the host it was told).
+    Port(u16),
+    /// `listeningOn==HOST:PORT==` (exec server).
+    HostPort(IpAddr, u16),
+    /// `listeningOn==/path==` (socket mode); reachable only through a bridge.
+    Socket(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listening {
+    pub target: Target,
+    /// The line's `listeningOn==X==` bytes, for passing it on unchanged when
+    /// it cannot be served.
+    pub original: Vec<u8>,
+}
+
+/// How the login node gets to a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach<'a> {
+    Tcp(SocketAddr),
+    /// Only through a TCP bridge on the node.
+    Unix(&'a Path),
+}
+
+impl Listening {
+    /// A server the script placed on loopback or on every interface is
+    /// reached at the published address (the rewritten launch line made it
+    /// listen there).
+    pub fn reach(&self, published: IpAddr) -> Reach<'_> {
+        match self.target {
+            Target::Port(port) => Reach::Tcp(SocketAddr::new(published, port)),
+            Target::HostPort(host, port) if host.is_loopback() || host.is_unspecified() => {
+                Reach::Tcp(SocketAddr::new(published, port))
+            }
+            Target::HostPort(host, port) => Reach::Tcp(SocketAddr::new(host, port)),
+            Target::Socket(ref path) => Reach::Unix(path),
+        }
+    }
+
+    /// The line VS Code gets: the relay's port, in the form it expects for
+    /// this kind of server (a socket is offered as a TCP port because the
+    /// relay, not ssh, carries the connection).
+    pub fn rewritten(&self, relay_port: u16) -> Vec<u8> {
+        let value = match self.target {
+            Target::HostPort(..) => format!("{}:{relay_port}", Ipv4Addr::LOCALHOST),
+            Target::Port(_) | Target::Socket(_) => relay_port.to_string(),
+        };
+        [MARKER, value.as_bytes(), TERMINATOR].concat()
+    }
+}
+
+/// One piece of the scanned stream, in stream order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Data(Vec<u8>),
+    Listening(Listening),
+}
+
+/// Streaming, sans-IO scanner for the shell's stdout.
+///
+/// Only a line that still begins like `listeningOn==` is held back, up to
+/// [`MAX_VALUE`] bytes of value; everything else passes as soon as it is
+/// fed, and the result does not depend on how the stream is split into
+/// reads. Markers are taken only at a line start, as every launch script
+/// prints them; that keeps the control line, emitted in front of the
+/// marker, at a line start too.
+pub struct ListeningScanner {
+    at_line_start: bool,
+    held: Vec<u8>,
+    /// How much of [`MARKER`] the passed-through data ends with, to say in
+    /// the log when a marker went to VS Code unchanged.
+    passed_marker: usize,
+}
+
+impl Default for ListeningScanner {
+    fn default() -> Self {
+        ListeningScanner::new()
+    }
+}
+
+impl ListeningScanner {
+    pub fn new() -> ListeningScanner {
+        ListeningScanner { at_line_start: true, held: Vec::new(), passed_marker: 0 }
+    }
+
+    pub fn feed(&mut self, mut input: &[u8]) -> Vec<Piece> {
+        let mut out = Vec::new();
+        while !input.is_empty() {
+            if self.held.is_empty() && !self.at_line_start {
+                let end = input.iter().position(|&b| b == b'\n').map_or(input.len(), |i| i + 1);
+                self.at_line_start = input[end - 1] == b'\n';
+                self.pass(&input[..end], &mut out);
+                input = &input[end..];
+                continue;
+            }
+            self.at_line_start = false;
+            self.held.push(input[0]);
+            input = &input[1..];
+            self.step(&mut out);
+        }
+        out
+    }
+
+    /// An unfinished marker at end of stream is data.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let held = std::mem::take(&mut self.held);
+        self.watch(&held);
+        self.at_line_start = true;
+        held
+    }
+
+    /// Advances after the byte just appended to `held`.
+    fn step(&mut self, out: &mut Vec<Piece>) {
+        let len = self.held.len();
+        let byte = self.held[len - 1];
+        if byte == b'\n' {
+            self.release(out);
+            self.at_line_start = true;
+        } else if len <= MARKER.len() {
+            if byte != MARKER[len - 1] {
+                self.release(out);
+            }
+        } else if len >= MARKER.len() + TERMINATOR.len() && self.held.ends_with(TERMINATOR) {
+            match parse_target(&self.held[MARKER.len()..len - TERMINATOR.len()]) {
+                Some(target) => {
+                    out.push(Piece::Listening(Listening { target, original: std::mem::take(&mut self.held) }))
+                }
+                None => self.release(out),
+            }
+        } else if len >= MARKER.len() + MAX_VALUE + TERMINATOR.len() {
+            self.release(out);
+        }
+    }
+
+    fn release(&mut self, out: &mut Vec<Piece>) {
+        let held = std::mem::take(&mut self.held);
+        self.pass(&held, out);
+    }
+
+    fn pass(&mut self, data: &[u8], out: &mut Vec<Piece>) {
+        if data.is_empty() {
+            return;
+        }
+        self.watch(data);
+        match out.last_mut() {
+            Some(Piece::Data(last)) => last.extend_from_slice(data),
+            _ => out.push(Piece::Data(data.to_vec())),
+        }
+    }
+
+    fn watch(&mut self, data: &[u8]) {
+        for &byte in data {
+            if byte == MARKER[self.passed_marker] {
+                self.passed_marker += 1;
+                if self.passed_marker == MARKER.len() {
+                    self.passed_marker = 0;
+                    tracing::warn!(
+                        "passed a `listeningOn==` marker to VS Code unchanged: it is not at a line start \
+                         or its value is not PORT, HOST:PORT or a socket path; VS Code will try to reach \
+                         it on the login node"
+                    );
+                }
+            } else {
+                // No proper prefix of the marker is also its suffix, so a
+                // mismatch can only restart at its first byte.
+                self.passed_marker = usize::from(byte == MARKER[0]);
+            }
+        }
+    }
+}
+
+fn parse_target(value: &[u8]) -> Option<Target> {
+    if value.first() == Some(&b'/') {
+        return (!value.contains(&0)).then(|| Target::Socket(PathBuf::from(OsStr::from_bytes(value))));
+    }
+    let value = std::str::from_utf8(value).ok()?;
+    match value.rsplit_once(':') {
+        None => parse_port(value).map(Target::Port),
+        Some((host, port)) => {
+            let port = parse_port(port)?;
+            let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+            let host = match host {
+                "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                _ => host.parse().ok()?,
+            };
+            Some(Target::HostPort(host, port))
+        }
+    }
+}
+
+fn parse_port(text: &str) -> Option<u16> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok().filter(|&port| port != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Runs the scanner over `chunks`, merging adjacent data so that results
+    /// of different splits compare equal.
+    fn run(chunks: &[&[u8]]) -> Vec<Piece> {
+        let mut scanner = ListeningScanner::new();
+        let mut out: Vec<Piece> = Vec::new();
+        let mut push = |piece: Piece| match (out.last_mut(), piece) {
+            (_, Piece::Data(d)) if d.is_empty() => {}
+            (Some(Piece::Data(last)), Piece::Data(d)) => last.extend(d),
+            (_, piece) => out.push(piece),
+        };
+        for chunk in chunks {
+            scanner.feed(chunk).into_iter().for_each(&mut push);
+        }
+        push(Piece::Data(scanner.finish()));
+        out
+    }
+
+    fn listening(target: Target, original: &str) -> Piece {
+        Piece::Listening(Listening { target, original: original.as_bytes().to_vec() })
+    }
+
+    fn data(text: &str) -> Piece {
+        Piece::Data(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn every_form_is_found() {
+        let out = run(&[b"abc: start\nlisteningOn==5555==\nlisteningOn==127.0.0.1:6666==\n\
+            listeningOn==/run/user/1/vscode.sock==\nlisteningOn==[fd00::5]:7==\nabc: end\n"]);
+        assert_eq!(
+            out,
+            vec![
+                data("abc: start\n"),
+                listening(Target::Port(5555), "listeningOn==5555=="),
+                data("\n"),
+                listening(
+                    Target::HostPort("127.0.0.1".parse().unwrap(), 6666),
+                    "listeningOn==127.0.0.1:6666=="
+                ),
+                data("\n"),
+                listening(
+                    Target::Socket("/run/user/1/vscode.sock".into()),
+                    "listeningOn==/run/user/1/vscode.sock=="
+                ),
+                data("\n"),
+                listening(Target::HostPort("fd00::5".parse().unwrap(), 7), "listeningOn==[fd00::5]:7=="),
+                data("\nabc: end\n"),
+            ]
+        );
+    }
+
+    #[test]
+    fn stream_start_is_a_line_start_and_trailing_bytes_pass() {
+        let out = run(&[b"listeningOn==localhost:1==\r\n"]);
+        assert_eq!(
+            out,
+            vec![
+                listening(Target::HostPort("127.0.0.1".parse().unwrap(), 1), "listeningOn==localhost:1=="),
+                data("\r\n")
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_or_mid_line_markers_stay_data() {
+        for stream in [
+            "x listeningOn==5555==\n",
+            "listeningOn====\n",
+            "listeningOn==0==\n",
+            "listeningOn==70000==\n",
+            "listeningOn==host.example:80==\n",
+            "listeningOn==127.0.0.1:==\n",
+            "listeningOn==12a==\n",
+            "listeningOn==5555\n==\n",
+            "listeningOn=5555==\n",
+            "listeningOn==5555",
+            "listeningOn==/a\0b==\n",
+            "ListeningOn==5555==\n",
+        ] {
+            assert_eq!(run(&[stream.as_bytes()]), vec![data(stream)], "{stream:?}");
+        }
+    }
+
+    #[test]
+    fn first_terminator_ends_the_value() {
+        let out = run(&[b"listeningOn==5555===x\n"]);
+        assert_eq!(out, vec![listening(Target::Port(5555), "listeningOn==5555=="), data("=x\n")]);
+    }
+
+    #[test]
+    fn every_occurrence_is_reported() {
+        let out = run(&[b"listeningOn==1==\nlisteningOn==1==\n"]);
+        assert_eq!(out.iter().filter(|p| matches!(p, Piece::Listening(_))).count(), 2);
+    }
+
+    #[test]
+    fn reach_follows_the_host() {
+        let published: IpAddr = "10.77.1.11".parse().unwrap();
+        let at = |target| Listening { target, original: Vec::new() }.reach(published).clone_tcp();
+        let node = |port| Some(SocketAddr::new(published, port));
+        assert_eq!(at(Target::Port(5)), node(5));
+        assert_eq!(at(Target::HostPort("127.0.0.1".parse().unwrap(), 6)), node(6));
+        assert_eq!(at(Target::HostPort("0.0.0.0".parse().unwrap(), 7)), node(7));
+        assert_eq!(at(Target::HostPort("::".parse().unwrap(), 7)), node(7));
+        assert_eq!(at(Target::HostPort(published, 8)), node(8));
+        assert_eq!(at(Target::HostPort("10.9.9.9".parse().unwrap(), 9)), Some("10.9.9.9:9".parse().unwrap()));
+        let socket = Listening { target: Target::Socket("/s".into()), original: Vec::new() };
+        assert_eq!(socket.reach(published), Reach::Unix(Path::new("/s")));
+    }
+
+    impl Reach<'_> {
+        fn clone_tcp(&self) -> Option<SocketAddr> {
+            match self {
+                Reach::Tcp(endpoint) => Some(*endpoint),
+                Reach::Unix(_) => None,
+            }
+        }
+    }
+
+    #[test]
+    fn rewritten_keeps_the_form() {
+        let line = |target| Listening { target, original: Vec::new() }.rewritten(4444);
+        assert_eq!(line(Target::Port(5)), b"listeningOn==4444==");
+        assert_eq!(line(Target::HostPort("10.0.0.1".parse().unwrap(), 5)), b"listeningOn==127.0.0.1:4444==");
+        assert_eq!(line(Target::Socket("/s".into())), b"listeningOn==4444==");
+    }
+
+    #[test]
+    fn only_a_line_start_marker_is_held() {
+        let mut scanner = ListeningScanner::new();
+        assert_eq!(scanner.feed(b"abc\nlisten"), vec![data("abc\n")]);
+        assert_eq!(scanner.held, b"listen");
+        assert_eq!(scanner.feed(b"ing"), vec![]);
+        assert_eq!(scanner.feed(b"x"), vec![data("listeningx")]);
+        assert!(scanner.held.is_empty());
+        assert_eq!(scanner.feed(b" listeningOn==1"), vec![data(" listeningOn==1")]);
+        assert!(scanner.held.is_empty());
+        assert_eq!(scanner.feed(b"\n"), vec![data("\n")]);
+        assert!(scanner.held.is_empty());
+    }
+
+    #[test]
+    fn huge_line_without_newline_keeps_the_buffer_small() {
+        let mut scanner = ListeningScanner::new();
+        let mut first = b"listeningOn==".to_vec();
+        first.resize(1 << 20, b'7');
+        let mut total = 0;
+        let mut check = |pieces: Vec<Piece>, scanner: &ListeningScanner| {
+            assert!(scanner.held.len() <= MARKER.len() + MAX_VALUE + TERMINATOR.len());
+            for piece in pieces {
+                match piece {
+                    Piece::Data(d) => total += d.len(),
+                    Piece::Listening(_) => panic!("not an endpoint"),
+                }
+            }
+        };
+        let pieces = scanner.feed(&first);
+        check(pieces, &scanner);
+        let rest = vec![b'x'; 1 << 20];
+        for _ in 1..64 {
+            let pieces = scanner.feed(&rest);
+            check(pieces, &scanner);
+        }
+        total += scanner.finish().len();
+        assert_eq!(total, 64 << 20);
+    }
+
+    #[test]
+    fn longest_value_is_accepted_and_one_more_byte_is_not() {
+        let path = format!("/{}", "p".repeat(MAX_VALUE - 1));
+        let line = format!("listeningOn=={path}==\n");
+        assert_eq!(run(&[line.as_bytes()]).len(), 2);
+        let line = format!("listeningOn=={path}p==\n");
+        assert_eq!(run(&[line.as_bytes()]), vec![data(&line)]);
+    }
+
+    fn stream_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"listeningOn==5555==".to_vec()),
+            Just(b"listeningOn==127.0.0.1:6666==".to_vec()),
+            Just(b"listeningOn==/tmp/s.sock==".to_vec()),
+            Just(b"listeningOn==".to_vec()),
+            Just(b"listening".to_vec()),
+            Just(b"==".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"1".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..12),
+        ];
+        proptest::collection::vec(piece, 0..16).prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_gives_the_same_result(
+            stream in stream_strategy(),
+            raw_cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            let whole = run(&[&stream]);
+            let mut cuts: Vec<usize> = raw_cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut start = 0;
+            for cut in cuts {
+                chunks.push(&stream[start..cut]);
+                start = cut;
+            }
+            chunks.push(&stream[start..]);
+            prop_assert_eq!(&run(&chunks), &whole);
+            let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+            prop_assert_eq!(&run(&bytes), &whole);
+            // Nothing is lost or added: the pieces spell the input again.
+            let spelled: Vec<u8> = whole.iter().flat_map(|p| match p {
+                Piece::Data(d) => d.clone(),
+                Piece::Listening(l) => l.original.clone(),
+            }).collect();
+            prop_assert_eq!(spelled, stream);
+        }
+
+        #[test]
+        fn bytes_without_markers_pass_unchanged(stream in proptest::collection::vec(any::<u8>(), 0..512)) {
+            prop_assert_eq!(run(&[&stream]), if stream.is_empty() { vec![] } else { vec![Piece::Data(stream.clone())] });
+        }
+
+        #[test]
+        fn a_line_ending_in_newline_leaves_nothing_held(stream in stream_strategy()) {
+            let mut scanner = ListeningScanner::new();
+            scanner.feed(&stream);
+            scanner.feed(b"\n");
+            prop_assert!(scanner.held.is_empty());
+        }
+    }
+}

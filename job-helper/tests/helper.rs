@@ -1,0 +1,336 @@
+//! Runs the built helper as srun would: environment from the "step", the
+//! launch script on stdin, stdout read line by line while stdin stays open
+//! (as VS Code keeps it).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use vscode_slurm_protocol::{encode, ControlMessage, Nonce};
+
+const NONCE: &str = "00112233445566778899aabbccddeeff";
+const BIND: &str = "127.0.0.2";
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Helper {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+}
+
+fn command(env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vscode-job-helper"));
+    command.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command
+}
+
+fn session_env() -> Env {
+    vec![("VSCODE_SLURM_NONCE", NONCE), ("VSCODE_SLURM_RELAY_PORT", "4444"), ("VSCODE_SLURM_BIND_ADDR", BIND)]
+}
+
+impl Helper {
+    fn start(env: &[(&str, &str)], script: &str) -> Helper {
+        Helper::start_with(env, &[], script)
+    }
+
+    fn start_with(env: &[(&str, &str)], args: &[&str], script: &str) -> Helper {
+        let mut child = command(env)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the helper");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(script.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Helper { child, stdin: Some(stdin), lines }
+    }
+
+    fn next_line(&self) -> String {
+        self.lines.recv_timeout(WAIT).expect("a line from the helper in time")
+    }
+
+    /// Lines up to and including the first one equal to `last`.
+    fn lines_until(&self, last: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let line = self.next_line();
+            let done = line == last;
+            seen.push(line);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("the helper did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Ends the session as VS Code does, by closing stdin: a SIGKILL would leave
+/// the script's processes behind, which is exactly what the helper cannot
+/// prevent.
+impl Drop for Helper {
+    fn drop(&mut self) {
+        self.stdin = None;
+        let started = Instant::now();
+        while started.elapsed() < WAIT {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn control_line(endpoint: &str) -> String {
+    let nonce = Nonce::parse(NONCE).unwrap();
+    let line = encode(&nonce, &ControlMessage::Endpoint(endpoint.parse().unwrap()));
+    String::from_utf8(line).unwrap().trim_end().to_owned()
+}
+
+fn parse_control_line(line: &str) -> SocketAddr {
+    let prefix = control_line("1.1.1.1:1");
+    let prefix = prefix.strip_suffix("1.1.1.1:1").unwrap();
+    line.strip_prefix(prefix).expect("a control line").parse().unwrap()
+}
+
+/// A process that is gone or only a zombie (the test machine's pid 1 may
+/// never reap orphans) holds nothing open any more.
+fn is_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("job-helper-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn port_form_is_announced_and_rewritten() {
+    let mut helper =
+        Helper::start(&session_env(), "echo 'abc: start'\necho listeningOn==5555==\necho 'abc: end'\n");
+    assert_eq!(
+        helper.lines_until("abc: end"),
+        ["abc: start", &control_line("127.0.0.2:5555"), "listeningOn==4444==", "abc: end"]
+    );
+    helper.close_stdin();
+    assert_eq!(helper.wait(WAIT).code(), Some(0));
+}
+
+#[test]
+fn the_script_never_sees_the_session_secret() {
+    let helper = Helper::start(
+        &session_env(),
+        "echo \"nonce=${VSCODE_SLURM_NONCE:-unset} port=${VSCODE_SLURM_RELAY_PORT:-unset} bind=$VSCODE_SLURM_BIND_ADDR\"\n",
+    );
+    assert_eq!(helper.next_line(), "nonce=unset port=unset bind=127.0.0.2");
+}
+
+#[test]
+fn host_port_form_keeps_its_form() {
+    let helper = Helper::start(&session_env(), "echo listeningOn==127.0.0.1:6666==\necho done\n");
+    assert_eq!(
+        helper.lines_until("done"),
+        [&control_line("127.0.0.2:6666"), "listeningOn==127.0.0.1:4444==", "done"]
+    );
+}
+
+#[test]
+fn loopback_binds_in_the_script_are_rewritten() {
+    let script = "echo --host=127.0.0.1 --port=0\necho \"--on-host 127.0.0.1\" --bind-addr=localhost:8080\n\
+                  echo --host=127.0.0.10\n";
+    let helper = Helper::start(&session_env(), script);
+    assert_eq!(helper.next_line(), "--host=127.0.0.2 --port=0");
+    assert_eq!(helper.next_line(), "--on-host 127.0.0.2 --bind-addr=127.0.0.2:8080");
+    assert_eq!(helper.next_line(), "--host=127.0.0.10");
+}
+
+#[test]
+fn bind_addr_flag_overrides_the_environment() {
+    let mut env = session_env();
+    env.retain(|(name, _)| *name != "VSCODE_SLURM_BIND_ADDR");
+    let helper =
+        Helper::start_with(&env, &["--bind-addr", "::1"], "echo --host=127.0.0.1 --bind-addr=127.0.0.1:1\n");
+    assert_eq!(helper.next_line(), "--host=::1 --bind-addr=[::1]:1");
+}
+
+#[test]
+fn closing_stdin_ends_the_whole_script() {
+    let mut helper =
+        Helper::start(&session_env(), "sleep 1000 &\necho $!\n(trap '' TERM; sleep 1000) &\necho $!\n");
+    let plain: u32 = helper.next_line().parse().unwrap();
+    let stubborn: u32 = helper.next_line().parse().unwrap();
+    let started = Instant::now();
+    helper.close_stdin();
+    assert_eq!(helper.wait(WAIT).code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(is_gone(plain), "sleep {plain} survived");
+    assert!(is_gone(stubborn), "TERM-ignoring subshell {stubborn} survived");
+}
+
+#[test]
+fn shell_exit_ends_its_children_and_passes_the_code_on() {
+    let mut helper = Helper::start(&session_env(), "sleep 1000 &\necho $!\nexit 7\n");
+    let pid: u32 = helper.next_line().parse().unwrap();
+    assert_eq!(helper.wait(WAIT).code(), Some(7));
+    assert!(is_gone(pid), "sleep {pid} survived");
+}
+
+#[test]
+fn signals_end_the_script_with_128_plus_the_signal() {
+    for (signal, code) in [(libc::SIGTERM, 143), (libc::SIGHUP, 129), (libc::SIGINT, 130)] {
+        let mut helper = Helper::start(&session_env(), "sleep 1000 &\necho $!\n");
+        let pid: u32 = helper.next_line().parse().unwrap();
+        unsafe { libc::kill(helper.child.id() as i32, signal) };
+        assert_eq!(helper.wait(WAIT).code(), Some(code), "signal {signal}");
+        assert!(is_gone(pid), "sleep {pid} survived signal {signal}");
+    }
+}
+
+fn run_for_error(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String) {
+    let out = command(env).args(args).stdin(Stdio::null()).output().unwrap();
+    assert!(out.stdout.is_empty());
+    (out.status.code(), String::from_utf8(out.stderr).unwrap())
+}
+
+type Env = Vec<(&'static str, &'static str)>;
+
+fn without(name: &str) -> Env {
+    session_env().into_iter().filter(|(n, _)| *n != name).collect()
+}
+
+fn with(name: &'static str, value: &'static str) -> Env {
+    let mut env = without(name);
+    env.push((name, value));
+    env
+}
+
+#[test]
+fn bad_environment_or_arguments_give_one_line_and_code_2() {
+    let cases: Vec<(Env, &[&str], &str)> = vec![
+        (without("VSCODE_SLURM_BIND_ADDR"), &[], "VSCODE_SLURM_BIND_ADDR is not set"),
+        (without("VSCODE_SLURM_NONCE"), &[], "VSCODE_SLURM_NONCE is not set"),
+        (without("VSCODE_SLURM_RELAY_PORT"), &[], "VSCODE_SLURM_RELAY_PORT is not set"),
+        (with("VSCODE_SLURM_NONCE", "XYZ"), &[], "VSCODE_SLURM_NONCE is malformed"),
+        (with("VSCODE_SLURM_RELAY_PORT", "0"), &[], "VSCODE_SLURM_RELAY_PORT is not a port"),
+        (with("VSCODE_SLURM_RELAY_PORT", "70000"), &[], "VSCODE_SLURM_RELAY_PORT is not a port"),
+        (with("VSCODE_SLURM_BIND_ADDR", "node1"), &[], "VSCODE_SLURM_BIND_ADDR is not an IP address"),
+        (session_env(), &["--nope"], "unexpected argument"),
+        (session_env(), &["--bind-addr", "x"], "invalid value"),
+        (session_env(), &["-v", "-q"], "cannot be used with"),
+        (session_env(), &["--shell", "/nonexistent/sh"], "cannot start the shell"),
+        (session_env(), &["--log-file", "/nonexistent/dir/%p.log"], "cannot open the log file"),
+    ];
+    for (env, args, expected) in cases {
+        let (code, stderr) = run_for_error(&env, args);
+        assert_eq!(code, Some(2), "{args:?} {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with("vscode-job-helper: "), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr:?} lacks {expected:?}");
+    }
+    let (_, stderr) = run_for_error(&with("VSCODE_SLURM_NONCE", "0123456789abcdef0123456789abcdeX"), &[]);
+    assert!(!stderr.contains("0123456789abcdef"), "the nonce must not be echoed: {stderr}");
+}
+
+#[test]
+fn help_and_version_print_normally() {
+    let out = command(&[]).arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8(out.stdout).unwrap().starts_with("vscode-job-helper "));
+    let out = command(&[]).arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8(out.stdout).unwrap().contains("--bind-addr"));
+}
+
+const ECHO_SERVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen()
+print("listeningOn==" + sys.argv[1] + "==", flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(c.recv(100).upper())
+    c.close()
+"#;
+
+fn socket_session(name: &str, launch_node: &str) -> (Helper, SocketAddr, PathBuf) {
+    let dir = scratch_dir(name);
+    std::fs::write(dir.join("server.py"), ECHO_SERVER).unwrap();
+    let mut env = session_env();
+    env.push(("SLURM_LAUNCH_NODE_IPADDR", launch_node));
+    let script = format!("/usr/bin/python3 {0}/server.py {0}/s.sock &\n", dir.display());
+    let helper = Helper::start(&env, &script);
+    let endpoint = parse_control_line(&helper.next_line());
+    assert_eq!(helper.next_line(), "listeningOn==4444==");
+    (helper, endpoint, dir)
+}
+
+#[test]
+fn socket_form_is_bridged_for_the_launch_node() {
+    let (mut helper, endpoint, dir) = socket_session("bridge", "127.0.0.1");
+    assert_eq!(endpoint.ip().to_string(), BIND);
+    for _ in 0..2 {
+        let mut conn = TcpStream::connect(endpoint).unwrap();
+        conn.set_read_timeout(Some(WAIT)).unwrap();
+        conn.write_all(b"ping").unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, "PING");
+    }
+    helper.close_stdin();
+    assert_eq!(helper.wait(WAIT).code(), Some(0));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn socket_bridge_refuses_other_hosts() {
+    let (_helper, endpoint, dir) = socket_session("refuse", "127.0.0.9");
+    let mut conn = TcpStream::connect(endpoint).unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    let _ = conn.write_all(b"ping");
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    assert!(answer.is_empty());
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -1,0 +1,537 @@
+//! The Slurm side: starting the job, following its state through salloc's
+//! stderr, and explaining its end in terms the VS Code user can act on.
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStderr, Command};
+use tokio::sync::watch;
+use tokio::time::{timeout, Instant};
+use vscode_slurm_protocol::{env, Nonce};
+
+use crate::cli::Cli;
+use crate::logging;
+
+/// Longer stderr lines are forwarded in pieces; the bound keeps memory flat.
+const MAX_STDERR_LINE: usize = 8192;
+/// Slurm client commands get this long before we give up on them.
+const SLURM_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What salloc's stderr has told us so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobStatus {
+    pub id: Option<u32>,
+    pub granted: bool,
+    pub last_error: Option<String>,
+    /// The end state named in a `*** JOB N ON node CANCELLED AT ... ***`
+    /// line, for when the controller no longer says.
+    pub end_hint: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SallocEvent {
+    Pending(u32),
+    Granted(u32),
+    Error(String),
+    EndHint(&'static str),
+}
+
+/// The salloc command line; the helper runs as the job's single task.
+///
+/// `--export=ALL` because the launch script needs the user's normal
+/// environment (HOME above all), whatever the site's default is.
+pub fn salloc_command(cli: &Cli, nonce: &Nonce, relay_port: u16) -> Command {
+    let mut command = Command::new(&cli.salloc);
+    command
+        .arg("--vscode")
+        .arg(format!("--job-name={}", cli.job_name))
+        .args(&cli.salloc_args)
+        .args(["srun", "--export=ALL", "--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1"])
+        .arg(&cli.helper)
+        .env(env::NONCE, nonce.as_str())
+        .env(env::RELAY_PORT, relay_port.to_string())
+        // Our own pipes, never inherited descriptors: if the shim dies, the
+        // helper sees EOF on stdin and the job ends with it.
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+pub fn parse_salloc_line(line: &str) -> Option<SallocEvent> {
+    if let Some(hint) = end_hint(line) {
+        return Some(SallocEvent::EndHint(hint));
+    }
+    let rest = line.trim_end().strip_prefix("salloc: ")?;
+    if let Some(error) = rest.strip_prefix("error: ") {
+        return Some(SallocEvent::Error(error.trim().to_owned()));
+    }
+    if let Some(id) = rest.strip_prefix("Pending job allocation ") {
+        return id.parse().ok().map(SallocEvent::Pending);
+    }
+    if let Some(id) = rest.strip_prefix("Granted job allocation ") {
+        return id.parse().ok().map(SallocEvent::Granted);
+    }
+    let (id, tail) = rest.strip_prefix("job ")?.split_once(' ')?;
+    let id = id.parse().ok()?;
+    match tail {
+        "queued and waiting for resources" => Some(SallocEvent::Pending(id)),
+        "has been allocated resources" => Some(SallocEvent::Granted(id)),
+        _ => None,
+    }
+}
+
+/// slurmstepd's `*** JOB 42 ON c1 CANCELLED AT 2024-05-01T10:00:00 DUE TO TIME LIMIT ***`,
+/// relayed by srun, names the cause even when the job record is gone.
+fn end_hint(line: &str) -> Option<&'static str> {
+    let start = line.find("*** JOB ").or_else(|| line.find("*** STEP "))?;
+    let banner = &line[start..];
+    if !banner.contains(" CANCELLED AT ") {
+        return None;
+    }
+    Some(if banner.contains("DUE TO TIME LIMIT") {
+        "TIMEOUT"
+    } else if banner.contains("DUE TO NODE FAILURE") {
+        "NODE_FAIL"
+    } else if banner.contains("DUE TO PREEMPTION") {
+        "PREEMPTED"
+    } else {
+        "CANCELLED"
+    })
+}
+
+fn apply(status: &mut JobStatus, event: SallocEvent) {
+    match event {
+        SallocEvent::Pending(id) => status.id = Some(id),
+        SallocEvent::Granted(id) => {
+            status.id = Some(id);
+            status.granted = true;
+        }
+        SallocEvent::Error(text) => status.last_error = Some(text),
+        SallocEvent::EndHint(state) => status.end_hint = Some(state),
+    }
+}
+
+/// Forwards salloc's stderr (which also carries srun's and the helper's)
+/// line by line, learning the job's id and state on the way.
+pub async fn follow_stderr(stderr: ChildStderr, status: watch::Sender<JobStatus>) {
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match read_line_bounded(&mut reader, &mut line, MAX_STDERR_LINE).await {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!("reading salloc's stderr: {e}");
+                return;
+            }
+        }
+        logging::write_stderr(&line);
+        if let Some(event) = parse_salloc_line(&String::from_utf8_lossy(&line)) {
+            tracing::debug!("salloc: {event:?}");
+            status.send_if_modified(|s| {
+                let before = s.clone();
+                apply(s, event);
+                *s != before
+            });
+        }
+    }
+}
+
+/// Like `read_until(b'\n')` but stops after `max` bytes, newline or not.
+async fn read_line_bounded<R: AsyncBufReadExt + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<usize> {
+    while line.len() < max {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            break;
+        }
+        let room = max - line.len();
+        let take = match available.iter().take(room).position(|&b| b == b'\n') {
+            Some(newline) => newline + 1,
+            None => available.len().min(room),
+        };
+        line.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if line.last() == Some(&b'\n') {
+            break;
+        }
+    }
+    Ok(line.len())
+}
+
+/// While the job waits in the queue nothing reaches VS Code, so stderr is
+/// the only sign of life the user gets.
+pub async fn report_progress(mut status: watch::Receiver<JobStatus>, squeue: &Path, every: Duration) {
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval_at(started + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            changed = status.changed() => {
+                if changed.is_err() || status.borrow_and_update().granted {
+                    return;
+                }
+                continue;
+            }
+        }
+        let current = status.borrow().clone();
+        if current.granted {
+            return;
+        }
+        let waited = format_waited(started.elapsed());
+        let Some(id) = current.id else {
+            logging::progress(format_args!("waiting for salloc to submit the job, waited {waited}"));
+            continue;
+        };
+        let state = run_slurm_command(squeue, ["-h", "-j", &id.to_string(), "-o", "%T|%r"])
+            .await
+            .and_then(|out| parse_squeue(&out));
+        match state {
+            Some((state, _)) if state == "RUNNING" => return,
+            Some((state, reason)) => logging::progress(format_args!(
+                "job {id} is {} (reason: {reason}), waited {waited}",
+                state.to_lowercase()
+            )),
+            None => logging::progress(format_args!("job {id} is pending, waited {waited}")),
+        }
+    }
+}
+
+/// `m:ss`, or `h:mm:ss` from an hour on.
+pub fn format_waited(waited: Duration) -> String {
+    let secs = waited.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if h > 0 {
+        format!("{h}:{m:02}:{s:02}")
+    } else {
+        format!("{m}:{s:02}")
+    }
+}
+
+/// `squeue -h -o '%T|%r'` output: state and reason.
+pub fn parse_squeue(output: &str) -> Option<(String, String)> {
+    let (state, reason) = output.lines().next()?.trim().split_once('|')?;
+    (!state.is_empty()).then(|| (state.to_owned(), reason.to_owned()))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobEnd {
+    pub state: String,
+    pub reason: String,
+}
+
+/// `scontrol -o show job N`: one line of `Key=Value` words.
+pub fn parse_scontrol(output: &str) -> Option<JobEnd> {
+    let line = output.lines().next()?;
+    let field =
+        |key: &str| line.split_whitespace().find_map(|word| word.strip_prefix(key)).map(str::to_owned);
+    Some(JobEnd { state: field("JobState=")?, reason: field("Reason=").unwrap_or_default() })
+}
+
+/// States a job passes through on its way out; worth asking again.
+fn is_transient(state: &str) -> bool {
+    matches!(state, "COMPLETING" | "RUNNING" | "CONFIGURING" | "STAGE_OUT" | "PENDING")
+}
+
+/// Asks the controller how the job ended, giving it a few seconds to move
+/// past COMPLETING (the epilog is still running when salloc returns).
+pub async fn query_end(scontrol: &Path, id: u32) -> Option<JobEnd> {
+    let deadline = Instant::now() + SLURM_COMMAND_TIMEOUT;
+    loop {
+        let end = run_slurm_command(scontrol, ["-o", "show", "job", &id.to_string()])
+            .await
+            .and_then(|out| parse_scontrol(&out));
+        match end {
+            Some(end) if is_transient(&end.state) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            end => return end,
+        }
+    }
+}
+
+/// The one line the user sees when the session ends without VS Code asking.
+pub fn explain_end(status: &JobStatus, end: Option<&JobEnd>, salloc: ExitStatus) -> String {
+    let Some(id) = status.id else {
+        let cause = status.last_error.clone().unwrap_or_else(|| describe_exit(salloc));
+        return format!(
+            "salloc could not start the job: {cause}; check the salloc arguments after -- in RemoteCommand"
+        );
+    };
+    let (state, reason) = match end {
+        Some(end) if !is_transient(&end.state) => (end.state.as_str(), end.reason.as_str()),
+        _ => match status.end_hint {
+            Some(hint) => (hint, ""),
+            None => {
+                return format!(
+                    "job {id} ended ({}); reconnect to start a new session",
+                    describe_exit(salloc)
+                )
+            }
+        },
+    };
+    let again = "reconnect to start a new session";
+    let (why, advice) = match state {
+        "TIMEOUT" => (
+            "the job reached its time limit",
+            format!("{again}, or ask for more time with --time in RemoteCommand"),
+        ),
+        "CANCELLED" => ("cancelled by scancel or an admin", again.to_owned()),
+        "NODE_FAIL" => ("the node failed", again.to_owned()),
+        "FAILED" => ("the helper or script failed — see the lines above", again.to_owned()),
+        "COMPLETED" => ("the session's shell exited", again.to_owned()),
+        "OUT_OF_MEMORY" => (
+            "the job ran out of memory",
+            format!("{again}, or ask for more memory with --mem in RemoteCommand"),
+        ),
+        "PREEMPTED" => ("a higher-priority job preempted it", again.to_owned()),
+        "DEADLINE" => ("the job reached its deadline", again.to_owned()),
+        "BOOT_FAIL" => ("the node failed to boot", again.to_owned()),
+        _ => ("", again.to_owned()),
+    };
+    let slurm_reason = match reason {
+        "" | "None" => None,
+        _ if matches!(state, "FAILED" | "NODE_FAIL") || why.is_empty() => Some(reason),
+        _ => None,
+    };
+    let detail = match (why, slurm_reason) {
+        ("", None) => String::new(),
+        ("", Some(r)) => format!(" (Slurm reason: {r})"),
+        (w, None) => format!(" ({w})"),
+        (w, Some(r)) => format!(" ({w}; Slurm reason: {r})"),
+    };
+    format!("job {id} ended: {state}{detail}; {advice}")
+}
+
+fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("salloc exited with status {code}"),
+        (None, Some(signal)) => format!("salloc was killed by signal {signal}"),
+        _ => "salloc exited".to_owned(),
+    }
+}
+
+/// Best effort: the job may already be gone, and Slurm's own error goes to our log.
+pub async fn scancel(program: &Path, id: u32) {
+    tracing::info!("cancelling job {id}");
+    let _ = run_slurm_command(program, [id.to_string()]).await;
+}
+
+/// Runs a Slurm client command with a time bound; its stdout on success.
+async fn run_slurm_command<I, S>(program: &Path, args: I) -> Option<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut command = Command::new(program);
+    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let output = match timeout(SLURM_COMMAND_TIMEOUT, command.output()).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => {
+            tracing::info!("could not run {}: {e}", program.display());
+            return None;
+        }
+        Err(_) => {
+            tracing::info!("{} did not answer within {SLURM_COMMAND_TIMEOUT:?}", program.display());
+            return None;
+        }
+    };
+    if !output.status.success() {
+        tracing::info!("{} failed: {}", program.display(), String::from_utf8_lossy(&output.stderr).trim());
+        return None;
+    }
+    Some(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Ends salloc: a bounded wait for it to leave by itself (stdin closed, job
+/// cancelled), then SIGTERM, then SIGKILL.
+pub async fn stop(child: &mut Child, grace: Duration) {
+    if let Ok(Ok(status)) = timeout(grace, child.wait()).await {
+        tracing::debug!("salloc exited: {status}");
+        return;
+    }
+    if let Some(pid) = child.id() {
+        tracing::info!("salloc still running after {grace:?}; sending SIGTERM");
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        if timeout(Duration::from_secs(2), child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    tracing::info!("salloc ignored SIGTERM; killing it");
+    let _ = child.kill().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn salloc_lines() {
+        let cases = [
+            ("salloc: Pending job allocation 42\n", Some(SallocEvent::Pending(42))),
+            ("salloc: job 42 queued and waiting for resources", Some(SallocEvent::Pending(42))),
+            ("salloc: job 42 has been allocated resources\n", Some(SallocEvent::Granted(42))),
+            ("salloc: Granted job allocation 42", Some(SallocEvent::Granted(42))),
+            (
+                "salloc: error: Job submit/allocate failed: Invalid partition name specified\n",
+                Some(SallocEvent::Error("Job submit/allocate failed: Invalid partition name specified".into())),
+            ),
+            (
+                "slurmstepd: error: *** STEP 42.0 ON c1 CANCELLED AT 2024-05-01T10:00:00 DUE TO TIME LIMIT ***",
+                Some(SallocEvent::EndHint("TIMEOUT")),
+            ),
+            (
+                "srun: error: *** JOB 42 ON c1 CANCELLED AT 2024-05-01T10:00:00 ***",
+                Some(SallocEvent::EndHint("CANCELLED")),
+            ),
+            ("salloc: Waiting for resource configuration", None),
+            ("salloc: Nodes c1 are ready for job", None),
+            ("salloc: Relinquishing job allocation 42", None),
+            ("salloc: Granted job allocation forty-two", None),
+            ("salloc: job 42 queued", None),
+            ("srun: error: c1: task 0: Exited with exit code 1", None),
+            ("listeningOn==4000==", None),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(parse_salloc_line(line), expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn status_follows_the_events() {
+        let mut status = JobStatus::default();
+        for line in ["salloc: Pending job allocation 7", "salloc: job 7 queued and waiting for resources"] {
+            apply(&mut status, parse_salloc_line(line).unwrap());
+        }
+        assert_eq!(status.id, Some(7));
+        assert!(!status.granted);
+        apply(&mut status, parse_salloc_line("salloc: Granted job allocation 7").unwrap());
+        assert!(status.granted);
+    }
+
+    #[test]
+    fn squeue_output() {
+        assert_eq!(parse_squeue("PENDING|Resources\n"), Some(("PENDING".into(), "Resources".into())));
+        assert_eq!(parse_squeue("RUNNING|None\n"), Some(("RUNNING".into(), "None".into())));
+        assert_eq!(parse_squeue(""), None);
+        assert_eq!(parse_squeue("slurm_load_jobs error: Invalid job id specified\n"), None);
+    }
+
+    const SCONTROL: &str = "JobId=42 JobName=vscode UserId=alice(1000) GroupId=alice(1000) MCS_label=N/A \
+        Priority=4294901759 Nice=0 Account=(null) QOS=(null) JobState=TIMEOUT Reason=TimeLimit Dependency=(null) \
+        Requeue=1 Restarts=0 BatchFlag=0 Reboot=0 ExitCode=0:15 RunTime=00:01:00 TimeLimit=00:01:00 \
+        Partition=debug NodeList=c1 Command=/usr/bin/vscode-job-helper WorkDir=/home/alice Power=\n";
+
+    #[test]
+    fn scontrol_output() {
+        assert_eq!(
+            parse_scontrol(SCONTROL),
+            Some(JobEnd { state: "TIMEOUT".into(), reason: "TimeLimit".into() })
+        );
+        assert_eq!(parse_scontrol("slurm_load_jobs error: Invalid job id specified\n"), None);
+        assert_eq!(parse_scontrol(""), None);
+    }
+
+    fn ended(id: Option<u32>, state: &str, reason: &str) -> String {
+        let status = JobStatus { id, ..JobStatus::default() };
+        let end = JobEnd { state: state.into(), reason: reason.into() };
+        explain_end(&status, Some(&end), ExitStatus::from_raw(1 << 8))
+    }
+
+    #[test]
+    fn end_explanations() {
+        assert_eq!(
+            ended(Some(42), "TIMEOUT", "TimeLimit"),
+            "job 42 ended: TIMEOUT (the job reached its time limit); reconnect to start a new session, \
+             or ask for more time with --time in RemoteCommand"
+        );
+        assert!(ended(Some(42), "CANCELLED", "None").contains("(cancelled by scancel or an admin)"));
+        assert!(
+            ended(Some(42), "NODE_FAIL", "NodeDown").contains("(the node failed; Slurm reason: NodeDown)")
+        );
+        assert!(ended(Some(42), "FAILED", "NonZeroExitCode").contains("see the lines above"));
+        assert!(ended(Some(42), "COMPLETED", "None").contains("(the session's shell exited)"));
+        assert_eq!(
+            ended(Some(42), "SUSPENDED", "None"),
+            "job 42 ended: SUSPENDED; reconnect to start a new session"
+        );
+        for line in ["TIMEOUT", "CANCELLED", "NODE_FAIL", "FAILED", "COMPLETED", "WEIRD"]
+            .map(|s| ended(Some(1), s, "X"))
+        {
+            assert!(!line.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn end_falls_back_to_the_banner_then_to_salloc_status() {
+        let mut status = JobStatus { id: Some(9), ..JobStatus::default() };
+        let completing = JobEnd { state: "COMPLETING".into(), reason: "None".into() };
+        let salloc = ExitStatus::from_raw(1 << 8);
+        assert_eq!(
+            explain_end(&status, Some(&completing), salloc),
+            "job 9 ended (salloc exited with status 1); reconnect to start a new session"
+        );
+        status.end_hint = Some("TIMEOUT");
+        assert!(explain_end(&status, None, salloc).starts_with("job 9 ended: TIMEOUT (the job reached"));
+    }
+
+    #[test]
+    fn start_failures() {
+        let mut status = JobStatus::default();
+        let salloc = ExitStatus::from_raw(1 << 8);
+        assert_eq!(
+            explain_end(&status, None, salloc),
+            "salloc could not start the job: salloc exited with status 1; check the salloc arguments after -- in RemoteCommand"
+        );
+        status.last_error = Some("invalid partition specified: gpu".into());
+        assert_eq!(
+            explain_end(&status, None, salloc),
+            "salloc could not start the job: invalid partition specified: gpu; check the salloc arguments after -- in RemoteCommand"
+        );
+    }
+
+    #[test]
+    fn waited() {
+        assert_eq!(format_waited(Duration::from_secs(35)), "0:35");
+        assert_eq!(format_waited(Duration::from_secs(605)), "10:05");
+        assert_eq!(format_waited(Duration::from_secs(3 * 3600 + 65)), "3:01:05");
+    }
+
+    #[tokio::test]
+    async fn long_stderr_lines_are_cut_not_buffered() {
+        let input = [vec![b'x'; 20], b"\nshort\nend".to_vec()].concat();
+        let mut reader = BufReader::with_capacity(4, input.as_slice());
+        let mut lines = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            if read_line_bounded(&mut reader, &mut line, 8).await.unwrap() == 0 {
+                break;
+            }
+            lines.push(String::from_utf8(line).unwrap());
+        }
+        assert_eq!(lines, ["xxxxxxxx", "xxxxxxxx", "xxxx\n", "short\n", "end"]);
+    }
+
+    proptest! {
+        #[test]
+        fn parsers_never_panic(line in ".*") {
+            let _ = parse_salloc_line(&line);
+            let _ = parse_scontrol(&line);
+            let _ = parse_squeue(&line);
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The two pipes between VS Code and the job: the launch script going in,
+//! its output (minus our control lines) coming back.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{ChildStdin, ChildStdout};
+use tokio::sync::watch;
+use vscode_slurm_protocol::{ControlFilter, ControlMessage, Piece};
+
+const BUFFER: usize = 64 * 1024;
+
+/// Why stdin forwarding stopped: VS Code hanging up means "end the session";
+/// salloc no longer reading means it is on its way out by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdinEnd {
+    Eof,
+    SallocGone,
+}
+
+/// Copies our stdin to salloc byte for byte; returning drops (closes)
+/// salloc's stdin, which is how the helper learns the session is over.
+pub async fn forward_stdin(mut to_salloc: ChildStdin, mut tee: Option<File>) -> StdinEnd {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; BUFFER];
+    loop {
+        let n = match stdin.read(&mut buf).await {
+            Ok(0) => return StdinEnd::Eof,
+            Ok(n) => n,
+            Err(e) => {
+                tracing::info!("reading stdin: {e}");
+                return StdinEnd::Eof;
+            }
+        };
+        write_tee(&mut tee, &buf[..n]);
+        if let Err(e) = async {
+            to_salloc.write_all(&buf[..n]).await?;
+            to_salloc.flush().await
+        }
+        .await
+        {
+            tracing::debug!("writing to salloc's stdin: {e}");
+            return StdinEnd::SallocGone;
+        }
+    }
+}
+
+/// Passes salloc's stdout to VS Code, taking out this session's control
+/// lines. An endpoint is published before any byte after it is written, so
+/// the relay knows its target by the time VS Code reads `listeningOn`.
+pub async fn forward_stdout(
+    mut from_salloc: ChildStdout,
+    mut filter: ControlFilter,
+    endpoint: watch::Sender<Option<SocketAddr>>,
+    tee: Option<File>,
+) {
+    let mut out = Stdout { stdout: tokio::io::stdout(), tee, broken: false };
+    let mut buf = vec![0u8; BUFFER];
+    loop {
+        let n = match from_salloc.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("reading salloc's stdout: {e}");
+                break;
+            }
+        };
+        for piece in filter.feed(&buf[..n]) {
+            match piece {
+                Piece::Data(data) => out.write(&data).await,
+                Piece::Control(ControlMessage::Endpoint(addr)) => {
+                    tracing::info!("the session's server is at {addr}");
+                    endpoint.send_replace(Some(addr));
+                }
+            }
+        }
+    }
+    let rest = filter.finish();
+    out.write(&rest).await;
+}
+
+struct Stdout {
+    stdout: tokio::io::Stdout,
+    tee: Option<File>,
+    /// Once VS Code is gone we keep draining salloc so the job never blocks
+    /// on a full pipe while it is being torn down.
+    broken: bool,
+}
+
+impl Stdout {
+    async fn write(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        write_tee(&mut self.tee, data);
+        if self.broken {
+            return;
+        }
+        let result = async {
+            self.stdout.write_all(data).await?;
+            self.stdout.flush().await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::info!("writing stdout: {e}; discarding the job's further output");
+            self.broken = true;
+        }
+    }
+}
+
+fn write_tee(tee: &mut Option<File>, data: &[u8]) {
+    if let Some(file) = tee {
+        if let Err(e) = file.write_all(data) {
+            tracing::warn!("tee file: {e}; no longer copying");
+            *tee = None;
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! Runs the real `vscode-shim` binary against a stand-in for salloc: a bash
+//! script that plays the helper's part (echoing, emitting control lines on
+//! request) so the shim's streams, relay and lifecycle can be checked
+//! without Slurm. The real Slurm path is tested elsewhere.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+const STAND_IN: &str = r#"#!/bin/bash
+printf '%s\n' "$@" > "$STANDIN_DIR/args"
+printf '%s' "$VSCODE_SLURM_NONCE" > "$STANDIN_DIR/nonce"
+case "$STANDIN_MODE" in
+  fail)
+    echo "salloc: error: Job submit/allocate failed: Invalid partition name specified" >&2
+    exit 1 ;;
+  pending)
+    echo "salloc: Pending job allocation 7" >&2
+    echo "salloc: job 7 queued and waiting for resources" >&2 ;;
+  *)
+    echo "salloc: Granted job allocation 7" >&2 ;;
+esac
+while IFS= read -r line; do
+  case "$line" in
+    emit-endpoint)
+      printf '@@vscode-slurm@@ %s endpoint 127.0.0.1:%s\n' "$VSCODE_SLURM_NONCE" "$ECHO_PORT"
+      echo "listeningOn==$VSCODE_SLURM_RELAY_PORT==" ;;
+    emit-forged)
+      echo "@@vscode-slurm@@ ffffffffffffffffffffffffffffffff endpoint 127.0.0.1:1" ;;
+    port) echo "port==$VSCODE_SLURM_RELAY_PORT==" ;;
+    grant) echo "salloc: job 7 has been allocated resources" >&2 ;;
+    exit) exit 3 ;;
+    *) echo "echo $line" ;;
+  esac
+done
+"#;
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new() -> Dir {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "vscode-shim-test-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Dir(path)
+    }
+
+    fn script(&self, name: &str, body: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, body).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.0.join(name)).unwrap_or_default()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Echoes every connection until the client half-closes, then half-closes back.
+fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut reader = stream.try_clone().unwrap();
+                let mut writer = stream;
+                let _ = std::io::copy(&mut reader, &mut writer);
+                let _ = writer.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+struct Shim {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Receiver<String>,
+    stdout_seen: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    dir: Dir,
+}
+
+fn start(mode: &str, args: &[&str]) -> Shim {
+    let dir = Dir::new();
+    let salloc = dir.script("salloc", STAND_IN);
+    let scancel = dir.script("scancel", "#!/bin/sh\necho \"$@\" >> \"$STANDIN_DIR/scancelled\"\n");
+    let squeue = dir.script("squeue", "#!/bin/sh\necho 'PENDING|Resources'\n");
+    let scontrol = dir.script(
+        "scontrol",
+        "#!/bin/sh\necho \"JobId=7 JobName=vscode UserId=u(1000) JobState=TIMEOUT Reason=TimeLimit Dependency=(null)\"\n",
+    );
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vscode-shim"));
+    command
+        .arg("--salloc")
+        .arg(&salloc)
+        .arg("--scancel")
+        .arg(&scancel)
+        .arg("--squeue")
+        .arg(&squeue)
+        .arg("--scontrol")
+        .arg(&scontrol)
+        .args(args)
+        .env("STANDIN_DIR", &dir.0)
+        .env("STANDIN_MODE", mode)
+        .env("ECHO_PORT", echo_server().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+
+    let (tx, stdout) = mpsc::channel();
+    let stdout_seen = Arc::new(Mutex::new(String::new()));
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let seen = stdout_seen.clone();
+    thread::spawn(move || {
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            seen.lock().unwrap().push_str(&line);
+            let _ = tx.send(std::mem::take(&mut line));
+        }
+    });
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let mut err_reader = child.stderr.take().unwrap();
+    let sink = stderr.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = err_reader.read(&mut buf) {
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let stdin = child.stdin.take();
+    Shim { child, stdin, stdout, stdout_seen, stderr, dir }
+}
+
+impl Shim {
+    fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn expect_line(&self, starts_with: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) if line.starts_with(starts_with) => return line,
+                Ok(_) => continue,
+                Err(_) => panic!("no stdout line starting {starts_with:?}; stderr: {}", self.stderr()),
+            }
+        }
+    }
+
+    fn relay_port(&mut self) -> u16 {
+        self.send("port");
+        let line = self.expect_line("port==");
+        line.trim().trim_start_matches("port==").trim_end_matches("==").parse().unwrap()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn wait_for_stderr(&self, needle: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.stderr().contains(needle) {
+            assert!(Instant::now() < deadline, "stderr never contained {needle:?}: {}", self.stderr());
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader threads catch the last output.
+                thread::sleep(Duration::from_millis(200));
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("shim still running after {within:?}; stderr: {}", self.stderr());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn shim_lines(&self) -> Vec<String> {
+        self.stderr().lines().filter(|l| l.starts_with("vscode-shim:")).map(str::to_owned).collect()
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Deterministic but irregular bytes, so misordered or dropped chunks show.
+fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+/// Sends 1 MiB through the relay while reading the echo, then half-closes
+/// and expects the echo's half-close back.
+fn exchange(port: u16, seed: u64) {
+    let payload = pseudo_random(1 << 20, seed);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let sent = payload.clone();
+    let sender = thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut echoed = Vec::new();
+    stream.read_to_end(&mut echoed).unwrap();
+    sender.join().unwrap();
+    assert_eq!(echoed.len(), payload.len());
+    assert!(echoed == payload, "echoed bytes differ");
+}
+
+#[test]
+fn session_relays_filters_and_ends_on_stdin_eof() {
+    let dir_probe = Dir::new();
+    let tee_in = dir_probe.0.join("in-%p");
+    let tee_out = dir_probe.0.join("out-%p");
+    let mut shim = start(
+        "granted",
+        &[
+            "--tee-stdin",
+            tee_in.to_str().unwrap(),
+            "--tee-stdout",
+            tee_out.to_str().unwrap(),
+            "--",
+            "--partition=gpu",
+            "--time=4:00:00",
+        ],
+    );
+    let port = shim.relay_port();
+
+    // A forged control line is only data.
+    shim.send("emit-forged");
+    let forged = shim.expect_line("@@vscode-slurm@@ ");
+    assert!(forged.contains("ffffffffffffffffffffffffffffffff"));
+
+    // A connection made before the endpoint is known waits for it.
+    let early = thread::spawn(move || exchange(port, 1));
+    thread::sleep(Duration::from_millis(300));
+    shim.send("emit-endpoint");
+    let listening = shim.expect_line("listeningOn==");
+    assert_eq!(listening.trim(), format!("listeningOn=={port}=="));
+    early.join().unwrap();
+    exchange(port, 2);
+
+    let nonce = shim.dir.read("nonce");
+    assert_eq!(nonce.len(), 32);
+    let seen = shim.stdout_seen.lock().unwrap().clone();
+    assert!(!seen.contains(&nonce), "the control line leaked to stdout: {seen}");
+
+    let args: Vec<String> = shim.dir.read("args").lines().map(str::to_owned).collect();
+    assert_eq!(
+        args,
+        [
+            "--vscode",
+            "--job-name=vscode",
+            "--partition=gpu",
+            "--time=4:00:00",
+            "srun",
+            "--export=ALL",
+            "--nodes=1",
+            "--ntasks=1",
+            "--kill-on-bad-exit=1",
+            "vscode-job-helper"
+        ]
+    );
+
+    let started = Instant::now();
+    drop(shim.stdin.take());
+    let pid = shim.child.id();
+    let status = shim.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "stderr: {}", shim.stderr());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(shim.dir.read("scancelled").trim(), "7");
+    assert!(shim.shim_lines().is_empty(), "unexpected messages: {}", shim.stderr());
+
+    let tee_in = std::fs::read_to_string(dir_probe.0.join(format!("in-{pid}"))).unwrap();
+    assert_eq!(tee_in, "port\nemit-forged\nemit-endpoint\n");
+    let tee_out = std::fs::read_to_string(dir_probe.0.join(format!("out-{pid}"))).unwrap();
+    assert_eq!(tee_out, seen);
+}
+
+#[test]
+fn job_ending_by_itself_is_explained_in_one_line() {
+    let dir = Dir::new();
+    let tee = dir.0.join("err-%p");
+    let mut shim = start("granted", &["--tee-stderr", tee.to_str().unwrap()]);
+    let pid = shim.child.id();
+    shim.send("exit");
+    let status = shim.wait(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(1));
+    let lines = shim.shim_lines();
+    assert_eq!(lines.len(), 1, "stderr: {}", shim.stderr());
+    assert!(
+        lines[0].starts_with("vscode-shim: job 7 ended: TIMEOUT (the job reached its time limit); reconnect"),
+        "{}",
+        lines[0]
+    );
+    // salloc's own lines still reach the user.
+    assert!(shim.stderr().contains("salloc: Granted job allocation 7\n"));
+    assert_eq!(std::fs::read_to_string(dir.0.join(format!("err-{pid}"))).unwrap(), shim.stderr());
+}
+
+#[test]
+fn salloc_failing_to_start_is_explained() {
+    let mut shim = start("fail", &[]);
+    let status = shim.wait(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(
+        shim.shim_lines(),
+        ["vscode-shim: salloc could not start the job: Job submit/allocate failed: Invalid partition name \
+          specified; check the salloc arguments after -- in RemoteCommand"]
+    );
+    assert!(shim.stdout_seen.lock().unwrap().is_empty());
+}
+
+#[test]
+fn pending_job_reports_progress_until_granted() {
+    let mut shim = start("pending", &["--poll-interval", "1"]);
+    shim.wait_for_stderr("vscode-shim: job 7 is pending (reason: Resources), waited 0:0");
+    shim.send("grant");
+    shim.wait_for_stderr("salloc: job 7 has been allocated resources");
+    thread::sleep(Duration::from_millis(300));
+    let before = shim.shim_lines().len();
+    thread::sleep(Duration::from_millis(2500));
+    assert_eq!(shim.shim_lines().len(), before, "progress went on after the grant: {}", shim.stderr());
+    drop(shim.stdin.take());
+    assert_eq!(shim.wait(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn sigterm_cancels_the_job_and_exits_128_plus_15() {
+    let mut shim = start("granted", &[]);
+    let _ = shim.relay_port();
+    let pid = nix::unistd::Pid::from_raw(shim.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = shim.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(143), "stderr: {}", shim.stderr());
+    assert_eq!(shim.dir.read("scancelled").trim(), "7");
+}
+
+#[test]
+fn log_file_name_gets_the_pid() {
+    let dir = Dir::new();
+    let pattern = dir.0.join("shim-%p.log");
+    let mut shim = start("granted", &["--log-file", pattern.to_str().unwrap()]);
+    let _ = shim.relay_port();
+    let pid = shim.child.id();
+    drop(shim.stdin.take());
+    assert_eq!(shim.wait(Duration::from_secs(10)).code(), Some(0));
+    let log = std::fs::read_to_string(dir.0.join(format!("shim-{pid}.log"))).unwrap();
+    assert!(log.contains("relay listening on port"), "{log}");
+    // The log file does not make stderr chatty.
+    assert!(shim.shim_lines().is_empty(), "{}", shim.stderr());
+}
+
+fn run_cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_vscode-shim")).args(args).stdin(Stdio::null()).output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_arguments_give_one_line_and_exit_2() {
+    for args in [&["--bogus"][..], &["--listen-port", "seventy"], &["--partition=gpu"], &["-q", "-v"]] {
+        let (code, stdout, stderr) = run_cli(args);
+        assert_eq!(code, Some(2), "{args:?}");
+        assert!(stdout.is_empty());
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("vscode-shim: "), "{stderr}");
+        assert!(stderr.trim_end().ends_with("; see 'vscode-shim --help'"), "{stderr}");
+    }
+}
+
+#[test]
+fn help_and_version_print_normally() {
+    let (code, stdout, _) = run_cli(&["--help"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("--listen-port") && stdout.contains("SALLOC_ARGS"));
+    assert!(!stdout.contains("--scancel"), "test-only flags stay hidden");
+    let (code, stdout, _) = run_cli(&["--version"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.starts_with("vscode-shim "));
+}
+
+#[test]
+fn relay_connection_gives_up_after_connect_wait() {
+    let mut shim = start("granted", &["--connect-wait", "1"]);
+    let port = shim.relay_port();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1];
+    assert_eq!(stream.read(&mut buf).unwrap(), 0, "closed without data");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    shim.wait_for_stderr("vscode-shim: the job named no server within 1s (--connect-wait)");
+}
+
+#[test]
+fn other_users_are_refused() {
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("skipped: needs root to connect as another user");
+        return;
+    }
+    let mut shim = start("granted", &[]);
+    let port = shim.relay_port();
+    shim.send("emit-endpoint");
+    shim.expect_line("listeningOn==");
+    // bash's /dev/tcp, run as nobody: prints whatever the relay sends until it closes.
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}; echo hello >&3; timeout 10 cat <&3; echo closed"))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "closed\n", "{output:?}");
+    shim.wait_for_stderr(
+        "vscode-shim: refused a relay connection from uid 65534 (pid unknown) — only the session's own user may connect\n",
+    );
+    // Our own user still gets through.
+    exchange(port, 3);
+}
