@@ -19,6 +19,7 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 const STAND_IN: &str = r#"#!/bin/bash
 printf '%s\n' "$@" > "$STANDIN_DIR/args"
 printf '%s' "$VSCODE_SLURM_NONCE" > "$STANDIN_DIR/nonce"
+echo $$ > "$STANDIN_DIR/pid"
 case "$STANDIN_MODE" in
   fail)
     echo "salloc: error: Job submit/allocate failed: Invalid partition name specified" >&2
@@ -42,6 +43,10 @@ while IFS= read -r line; do
     *) echo "echo $line" ;;
   esac
 done
+# A job whose step does not end when stdin closes: only scancel ends it.
+if [ "$STANDIN_MODE" = stuck ]; then
+  while :; do sleep 0.1; done
+fi
 "#;
 
 struct Dir(PathBuf);
@@ -105,7 +110,10 @@ struct Shim {
 fn start(mode: &str, args: &[&str]) -> Shim {
     let dir = Dir::new();
     let salloc = dir.script("salloc", STAND_IN);
-    let scancel = dir.script("scancel", "#!/bin/sh\necho \"$@\" >> \"$STANDIN_DIR/scancelled\"\n");
+    let scancel = dir.script(
+        "scancel",
+        "#!/bin/sh\necho \"$@\" >> \"$STANDIN_DIR/scancelled\"\nkill \"$(cat \"$STANDIN_DIR/pid\")\"\n",
+    );
     let squeue = dir.script("squeue", "#!/bin/sh\necho 'PENDING|Resources'\n");
     let scontrol = dir.script(
         "scontrol",
@@ -311,7 +319,8 @@ fn session_relays_filters_and_ends_on_stdin_eof() {
     let status = shim.wait(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "stderr: {}", shim.stderr());
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(shim.dir.read("scancelled").trim(), "7");
+    // The job ended by itself when its stdin closed: nothing to cancel.
+    assert_eq!(shim.dir.read("scancelled"), "");
     assert!(shim.shim_lines().is_empty(), "unexpected messages: {}", shim.stderr());
 
     let tee_in = std::fs::read_to_string(dir_probe.0.join(format!("in-{pid}"))).unwrap();
@@ -369,8 +378,20 @@ fn pending_job_reports_progress_until_granted() {
 }
 
 #[test]
+fn job_that_outlives_stdin_eof_is_cancelled() {
+    let mut shim = start("stuck", &[]);
+    let _ = shim.relay_port();
+    let started = Instant::now();
+    drop(shim.stdin.take());
+    let status = shim.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "stderr: {}", shim.stderr());
+    assert!(started.elapsed() < Duration::from_secs(6), "took {:?}", started.elapsed());
+    assert_eq!(shim.dir.read("scancelled").trim(), "7");
+}
+
+#[test]
 fn sigterm_cancels_the_job_and_exits_128_plus_15() {
-    let mut shim = start("granted", &[]);
+    let mut shim = start("stuck", &[]);
     let _ = shim.relay_port();
     let pid = nix::unistd::Pid::from_raw(shim.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
