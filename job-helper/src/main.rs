@@ -195,7 +195,7 @@ async fn run(shell_path: &Path, session: Session) -> i32 {
         tracing::error!("cannot handle signals");
         return 1;
     };
-    let (mut shell, shell_in, shell_out) = match Shell::spawn(shell_path) {
+    let (mut shell, shell_in, shell_out, mut shell_err) = match Shell::spawn(shell_path) {
         Ok(spawned) => spawned,
         Err(e) => fail(format_args!("cannot start the shell {}: {e}; check --shell", shell_path.display())),
     };
@@ -206,6 +206,9 @@ async fn run(shell_path: &Path, session: Session) -> i32 {
         BindRewriter::new(session.bind),
         rewrites.clone(),
     ));
+    // The script's stderr reaches VS Code's log unchanged.
+    let mut stderr_task =
+        tokio::spawn(async move { tokio::io::copy(&mut shell_err, &mut tokio::io::stderr()).await });
     let (broken_tx, broken_rx) = oneshot::channel();
     let announcer = Announcer { session, rewrites, bridges: HashMap::new() };
     let mut stdout_task = tokio::spawn(async move {
@@ -249,6 +252,7 @@ async fn run(shell_path: &Path, session: Session) -> i32 {
     if !matches!(end, End::StdoutClosed) && tokio::time::timeout(DRAIN, &mut stdout_task).await.is_err() {
         tracing::warn!("output of the launch script still open after its processes ended; dropping it");
     }
+    let _ = tokio::time::timeout(DRAIN, &mut stderr_task).await;
     code
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::time::Instant;
 
 /// How long the group gets after SIGKILL before the helper stops waiting.
@@ -31,25 +31,38 @@ pub struct Shell {
 
 impl Shell {
     /// Starts `program` with no arguments, so it reads the script from stdin.
-    /// stderr is inherited: it reaches VS Code's log directly.
-    pub fn spawn(program: &Path) -> io::Result<(Shell, ChildStdin, ChildStdout)> {
+    ///
+    /// All three streams are our pipes, none of them the step's own: should
+    /// the helper die, whatever the script left running must not hold the
+    /// step's output open, or Slurm would wait on the step forever.
+    pub fn spawn(program: &Path) -> io::Result<(Shell, ChildStdin, ChildStdout, ChildStderr)> {
         let mut command = Command::new(program);
-        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         // The nonce is what makes a control line genuine; nothing the script
         // starts (servers, the user's terminals) needs it or may learn it.
         command.env_remove(env::NONCE).env_remove(env::RELAY_PORT);
-        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        // A helper killed outright takes the shell with it; what the shell
+        // started is left to the job's end and the epilog.
+        // SAFETY: setsid and prctl are async-signal-safe and touch no memory of the parent.
         unsafe {
-            command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
+            command.pre_exec(|| {
+                nix::unistd::setsid().map_err(io::Error::from)?;
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
         let mut child = command.spawn()?;
         let pid = child.id().ok_or_else(|| io::Error::other("the shell exited before it was seen"))?;
         let stdin = child.stdin.take().ok_or_else(|| io::Error::other("no pipe to the shell's stdin"))?;
         let stdout =
             child.stdout.take().ok_or_else(|| io::Error::other("no pipe from the shell's stdout"))?;
+        let stderr =
+            child.stderr.take().ok_or_else(|| io::Error::other("no pipe from the shell's stderr"))?;
         let group = Pid::from_raw(i32::try_from(pid).map_err(io::Error::other)?);
         tracing::debug!("started {} as pid {pid} in its own session", program.display());
-        Ok((Shell { child, group }, stdin, stdout))
+        Ok((Shell { child, group }, stdin, stdout, stderr))
     }
 
     /// Waits for the shell itself; what it started may live on.
@@ -151,7 +164,7 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-            let (mut shell, mut stdin, stdout) = Shell::spawn(Path::new("/bin/sh")).unwrap();
+            let (mut shell, mut stdin, stdout, _stderr) = Shell::spawn(Path::new("/bin/sh")).unwrap();
             stdin
                 .write_all(
                     b"sleep 1000 & echo $!\n(trap '' TERM; echo ready; sleep 1000) & sleep 1; echo $!\n",

@@ -209,6 +209,40 @@ fn closing_stdin_ends_the_whole_script() {
 }
 
 #[test]
+fn helper_killed_outright_leaves_no_one_holding_the_steps_output() {
+    // As srun's task: if leftovers of the script held these pipes, Slurm
+    // would wait on the step (and keep the job COMPLETING) until they die.
+    let mut child = command(&session_env())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the helper");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"echo to-stderr >&2\nsetsid sleep 1000 </dev/null &\necho $!\n").unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert_eq!(line, "to-stderr\n", "the script's stderr is passed on");
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    let leftover: u32 = line.trim().parse().expect("pid of the background sleep");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = stdout.read_to_end(&mut rest);
+        let _ = stderr.read_to_end(&mut rest);
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(WAIT).expect("the helper's stdout and stderr to close once it is dead");
+    assert!(!is_gone(leftover), "the test needs the leftover to still run");
+    unsafe { libc::kill(leftover as i32, libc::SIGKILL) };
+}
+
+#[test]
 fn shell_exit_ends_its_children_and_passes_the_code_on() {
     let mut helper = Helper::start(&session_env(), "sleep 1000 &\necho $!\nexit 7\n");
     let pid: u32 = helper.next_line().parse().unwrap();

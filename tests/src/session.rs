@@ -149,8 +149,13 @@ pub fn assert_nothing_left(lab: &Lab, user: &str, job_id: u32, within: Duration)
             |ps| ps.trim().is_empty(),
         );
     }
+    // The epilog removes it, a moment after the job's processes are gone.
     for host in ["c1", "c2"] {
-        let dir = lab.sh_ok(None, host, &format!("ls -d /run/vscode-slurm/{job_id} 2>/dev/null || true"));
-        assert!(dir.trim().is_empty(), "runtime dir of job {job_id} left on {host}");
+        wait_until(
+            &format!("the runtime dir of job {job_id} on {host} to be removed"),
+            within,
+            || lab.sh_ok(None, host, &format!("ls -d /run/vscode-slurm/{job_id} 2>/dev/null || true")),
+            |dir| dir.trim().is_empty(),
+        );
     }
 }

@@ -1,0 +1,332 @@
+//! Nothing lost, nothing left: each fault is injected into a live session,
+//! and the test checks (a) the line the user gets in VS Code's log, (b) that
+//! the shim is gone in time, with a non-zero status where it can report one,
+//! and (c) that nothing of the session is left on any host.
+
+use std::time::{Duration, Instant};
+use vscode_slurm_tests::session::{assert_nothing_left, dump, Session, SessionOptions};
+use vscode_slurm_tests::{wait_until, Lab, LineProcess};
+
+/// How long after the fault the shim must be gone.
+const SHIM_EXIT: Duration = Duration::from_secs(10);
+/// How long after the shim is gone the last traces may take to disappear.
+const LEFTOVERS: Duration = Duration::from_secs(15);
+
+/// Opens a session whose shim also logs (info level) to a file on the login
+/// node, for faults where no client is left to show its stderr.
+fn open(lab: &Lab, name: &str, salloc_args: &str, template: Option<&str>) -> Session {
+    let remote_command = format!("vscode-shim --log-file /tmp/fault-{name}-%p.log -- {salloc_args}");
+    Session::open(
+        lab,
+        SessionOptions { remote_command: Some(&remote_command), template, ..Default::default() },
+    )
+}
+
+fn shim_log(lab: &Lab, name: &str) -> String {
+    lab.sh_ok(None, "login", &format!("cat /tmp/fault-{name}-*.log 2>/dev/null || true"))
+}
+
+/// The `vscode-shim:` lines the client saw on ssh's stderr.
+fn shim_lines(client: &mut LineProcess) -> Vec<String> {
+    client.drain_stderr();
+    client.stderr_seen.iter().filter(|l| l.starts_with("vscode-shim:")).cloned().collect()
+}
+
+/// Waits for ssh to end with the shim's exit status; returns it.
+fn ssh_exit(client: &mut LineProcess, within: Duration) -> i32 {
+    let line = client.expect_line("`ssh-exited`", within, |l| l.starts_with("ssh-exited"));
+    line.trim_start_matches("ssh-exited ").parse().unwrap_or_else(|_| panic!("bad line {line}"))
+}
+
+/// The one line that explains the end, containing every word of `words`.
+fn assert_one_line(client: &mut LineProcess, words: &[&str]) -> String {
+    let lines = shim_lines(client);
+    assert_eq!(lines.len(), 1, "want exactly one vscode-shim line, got {lines:?}\n{}", dump(client));
+    for word in words {
+        assert!(lines[0].contains(word), "the line does not say {word:?}: {}", lines[0]);
+    }
+    lines[0].clone()
+}
+
+fn pid_of(lab: &Lab, host: &str, pattern: &str) -> String {
+    let pids = wait_until(
+        &format!("a process matching {pattern} on {host}"),
+        Duration::from_secs(10),
+        || lab.sh_ok(None, host, &format!("pgrep -u alice -f '{pattern}' || true")),
+        |pids| pids.lines().count() == 1,
+    );
+    pids.trim().to_owned()
+}
+
+#[test]
+fn scancel_mid_session() {
+    let lab = Lab::get();
+    let mut session = open(&lab, "scancel", "--time=10", None);
+    let job = session.job_id();
+    let started = Instant::now();
+    lab.sh_ok(Some("alice"), "login", &format!("scancel {job}"));
+    let code = ssh_exit(&mut session.client, SHIM_EXIT);
+    assert!(started.elapsed() <= SHIM_EXIT && code != 0, "exit {code} after {:?}", started.elapsed());
+    assert_one_line(&mut session.client, &[&format!("job {job}"), "CANCELLED", "reconnect"]);
+    assert_nothing_left(&lab, "alice", job, LEFTOVERS);
+}
+
+#[test]
+fn job_reaches_its_time_limit() {
+    let lab = Lab::get();
+    let mut session = open(&lab, "timeout", "--time=1", None);
+    let job = session.job_id();
+    // Slurm enforces limits on its own schedule (every 30 s, then KillWait).
+    let code = ssh_exit(&mut session.client, Duration::from_secs(150));
+    assert_ne!(code, 0);
+    assert_one_line(&mut session.client, &[&format!("job {job}"), "TIMEOUT", "time limit", "--time"]);
+    assert_nothing_left(&lab, "alice", job, LEFTOVERS);
+}
+
+#[test]
+fn shim_killed() {
+    let lab = Lab::get();
+    let session = open(&lab, "kill-shim", "--time=10", None);
+    let job = session.job_id();
+    let shim = pid_of(&lab, "login", "^vscode-shim");
+    lab.sh_ok(None, "login", &format!("kill -KILL {shim}"));
+    // Nobody is left to explain; the job must still end (the helper sees EOF).
+    assert_nothing_left(&lab, "alice", job, LEFTOVERS);
+    drop(session);
+}
+
+#[test]
+fn salloc_killed() {
+    let lab = Lab::get();
+    let mut session = open(&lab, "kill-salloc", "--time=10", None);
+    let job = session.job_id();
+    let salloc = pid_of(&lab, "login", "^salloc --vscode");
+    let started = Instant::now();
+    lab.sh_ok(None, "login", &format!("kill -KILL {salloc}"));
+    let code = ssh_exit(&mut session.client, SHIM_EXIT);
+    assert!(started.elapsed() <= SHIM_EXIT && code != 0, "exit {code} after {:?}", started.elapsed());
+    assert_one_line(
+        &mut session.client,
+        &[&format!("job {job}"), "salloc", "killed", "cancelled", "reconnect"],
+    );
+    assert_nothing_left(&lab, "alice", job, LEFTOVERS);
+}
+
+#[test]
+fn helper_killed() {
+    let lab = Lab::get();
+    let mut session = open(&lab, "kill-helper", "--time=10", None);
+    let job = session.job_id();
+    let node = session.node();
+    let helper = pid_of(&lab, &node, "^/usr/local/bin/vscode-job-helper");
+    let started = Instant::now();
+    lab.sh_ok(None, &node, &format!("kill -KILL {helper}"));
+    let code = ssh_exit(&mut session.client, SHIM_EXIT);
+    assert!(started.elapsed() <= SHIM_EXIT && code != 0, "exit {code} after {:?}", started.elapsed());
+    assert_one_line(&mut session.client, &[&format!("job {job}"), "ended", "reconnect"]);
+    // The script's processes outlive the helper; the epilog ends them.
+    assert_nothing_left(&lab, "alice", job, LEFTOVERS);
+}
+
+#[test]
+fn node_fails() {
+    let lab = Lab::get();
+    let mut session = open(&lab, "node-fail", "--time=10", None);
+    let job = session.job_id();
+    let node = session.node();
+    lab.sh_ok(None, &node, "pkill -KILL -x slurmd");
+    let _revive = Revive { lab: &lab, node: &node };
+    // The controller declares the node dead after SlurmdTimeout (20 s in the lab).
+    let code = ssh_exit(&mut session.client, Duration::from_secs(90));
+    assert_ne!(code, 0);
+    assert_one_line(&mut session.client, &[&format!("job {job}"), "NODE_FAIL", "reconnect"]);
+    // The node comes back; Slurm tells it to end the dead job, and the epilog runs.
+    drop(_revive);
+    assert_nothing_left(&lab, "alice", job, Duration::from_secs(60));
+    wait_until(
+        &format!("{node} to be back in service"),
+        Duration::from_secs(60),
+        || lab.sh_ok(None, "login", &format!("sinfo -h -n {node} -o %t")),
+        |state| state.trim() == "idle",
+    );
+}
+
+/// Restarts a node's slurmd however the test ends, so later tests have it.
+struct Revive<'a> {
+    lab: &'a Lab,
+    node: &'a str,
+}
+
+impl Drop for Revive<'_> {
+    fn drop(&mut self) {
+        self.lab.sh(None, self.node, "pgrep -x slurmd >/dev/null || slurmd");
+    }
+}
+
+#[test]
+fn laptop_ssh_client_killed() {
+    let lab = Lab::get();
+    let session = open(&lab, "drop", "--time=10", None);
+    let job = session.job_id();
+    lab.sh_ok(None, "laptop", "pkill -KILL -u alice -x ssh");
+    // The shim reads end of input (and sshd hangs up): it must be gone in time...
+    wait_until(
+        "the shim to exit after the network drop",
+        SHIM_EXIT,
+        || lab.sh_ok(None, "login", "pgrep -u alice -x vscode-shim || true"),
+        |pids| pids.trim().is_empty(),
+    );
+    assert_nothing_left(&lab, "alice", job, LEFTOVERS);
+    // ...and say why in its log, the only place anyone can read it now.
+    let log = shim_log(&lab, "drop");
+    assert!(log.contains("the client closed the session") || log.contains("hung up"), "shim log: {log}");
+    drop(session);
+}
+
+#[test]
+fn launch_script_fails_before_listening() {
+    let lab = Lab::get();
+    let script = "echo 'f00d: running'\necho 'the server could not start' >&2\n\
+                  echo 'f00d: start'\necho 'exitCode==44=='\necho 'f00d: end'\nexit 44\n";
+    let file = write_template(&lab, "fails", script);
+    // Plain ssh with stdin held open, as VS Code holds it after the script.
+    let mut client = lab.spawn(
+        Some("alice"),
+        "laptop",
+        &[
+            "bash",
+            "-c",
+            &format!(
+                "ssh -F .ssh/vscode-slurm.config cluster-vscode < <(cat {file}; sleep 60); echo \"ssh-exited $?\""
+            ),
+        ],
+    );
+    let code = ssh_exit(&mut client, Duration::from_secs(60));
+    assert_ne!(code, 0);
+    let line = assert_one_line(&mut client, &["ended", "reconnect"]);
+    let job: u32 = line
+        .split_whitespace()
+        .skip_while(|w| *w != "job")
+        .nth(1)
+        .and_then(|id| id.trim_end_matches(':').parse().ok())
+        .unwrap_or_else(|| panic!("no job id in {line}"));
+    assert!(client.stdout_seen.iter().any(|l| l == "exitCode==44=="), "{}", dump(&client));
+    assert_nothing_left(&lab, "alice", job, LEFTOVERS);
+}
+
+fn write_template(lab: &Lab, name: &str, text: &str) -> String {
+    let file = format!("template-{name}.sh");
+    std::fs::write(lab.dir.join("laptop-home/alice").join(&file), text).expect("write template");
+    file
+}
+
+#[test]
+fn user_gives_up_while_the_job_is_pending() {
+    let lab = Lab::get();
+    let blocker = lab.sh_ok(Some("bob"), "login", "sbatch --parsable -N2 --exclusive --wrap 'sleep 600'");
+    let blocker = blocker.trim().to_owned();
+    wait_until(
+        "bob's job to take both nodes",
+        Duration::from_secs(20),
+        || lab.sh_ok(None, "login", &format!("squeue -h -j {blocker} -o %T")),
+        |state| state.trim() == "RUNNING",
+    );
+    let mut client = lab.spawn(
+        Some("alice"),
+        "laptop",
+        &[
+            "remote-ssh-client",
+            "--host",
+            "cluster-vscode",
+            "--ssh-config",
+            ".ssh/vscode-slurm.config",
+            "--ssh-option",
+            "RemoteCommand=vscode-shim --poll-interval 1 --log-file /tmp/fault-pending-%p.log -- --time=10",
+        ],
+    );
+    // The user sees why it waits, in VS Code's log.
+    wait_until(
+        "a pending progress line",
+        Duration::from_secs(20),
+        || shim_lines(&mut client),
+        |lines| lines.iter().any(|l| l.contains("is pending") && l.contains("Resources")),
+    );
+    let job: u32 =
+        lab.sh_ok(None, "login", "squeue -h -u alice -o %i").trim().parse().expect("alice's job id");
+    // Closing VS Code: ssh ends cleanly.
+    lab.sh_ok(None, "laptop", "pkill -TERM -u alice -x ssh");
+    wait_until(
+        "the pending job to be cancelled",
+        SHIM_EXIT,
+        || lab.sh_ok(None, "login", "squeue -h -u alice -o %i"),
+        |queue| queue.trim().is_empty(),
+    );
+    let log = shim_log(&lab, "pending");
+    assert!(log.contains(&format!("job {job} was still pending and was cancelled")), "shim log: {log}");
+    lab.sh_ok(None, "login", &format!("scancel {blocker}"));
+    assert_nothing_left(&lab, "alice", job, LEFTOVERS);
+    assert_nothing_left(&lab, "bob", blocker.parse().unwrap(), LEFTOVERS);
+}
+
+#[test]
+fn invalid_salloc_argument() {
+    let lab = Lab::get();
+    let mut client = lab.spawn(
+        Some("alice"),
+        "laptop",
+        &[
+            "remote-ssh-client",
+            "--host",
+            "cluster-vscode",
+            "--ssh-config",
+            ".ssh/vscode-slurm.config",
+            "--ssh-option",
+            "RemoteCommand=vscode-shim -- --partition=nope",
+        ],
+    );
+    let code = ssh_exit(&mut client, SHIM_EXIT);
+    assert_eq!(code, 1);
+    assert_one_line(&mut client, &["salloc could not start the job", "partition", "RemoteCommand"]);
+    assert_nothing_left(&lab, "alice", 0, LEFTOVERS);
+}
+
+#[test]
+fn server_dies_while_vscode_keeps_connecting() {
+    let lab = Lab::get();
+    let mut session = open(&lab, "server-died", "--time=10", None);
+    let job = session.job_id();
+    let node = session.node();
+    let server = session.field("pid");
+    lab.sh_ok(None, &node, &format!("kill -KILL {server}"));
+    let started = Instant::now();
+    session.client.send("get");
+    let code = ssh_exit(&mut session.client, SHIM_EXIT);
+    assert!(started.elapsed() <= SHIM_EXIT && code != 0, "exit {code} after {:?}", started.elapsed());
+    assert_one_line(&mut session.client, &["server", "refused", &format!("job {job}"), "reconnect"]);
+    assert_nothing_left(&lab, "alice", job, LEFTOVERS);
+}
+
+#[test]
+fn epilog_ends_only_the_jobs_own_processes() {
+    let lab = Lab::get();
+    let session = open(&lab, "epilog-safety", "--time=10", None);
+    let job = session.job_id();
+    let node = session.node();
+    // bob forges alice's job id; root runs something with it too.
+    let spawn = format!("SLURM_JOB_ID={job} setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $!");
+    let bobs = lab.sh_ok(Some("bob"), &node, &spawn).trim().to_owned();
+    let roots = lab.sh_ok(None, &node, &spawn).trim().to_owned();
+    let (_, _client) = session.close();
+    assert_nothing_left(&lab, "alice", job, LEFTOVERS);
+    wait_until(
+        &format!("the epilog of job {job} on {node}"),
+        LEFTOVERS,
+        || lab.read(&format!("log/slurmd-{node}.log")),
+        |log| log.contains(&format!("vscode: job {job}: removed")),
+    );
+    for (who, pid) in [("bob", &bobs), ("root", &roots)] {
+        let alive = lab.sh(None, &node, &format!("kill -0 {pid}"));
+        assert!(alive.status.success(), "the epilog of alice's job {job} ended {who}'s process {pid}");
+        lab.sh_ok(None, &node, &format!("kill -KILL {pid}"));
+    }
+}
