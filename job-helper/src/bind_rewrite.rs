@@ -106,6 +106,13 @@ impl BindRewriter {
         out
     }
 
+    /// How many bytes are held back because they could still become a
+    /// pattern: at most the longest pattern's length.
+    #[cfg(any(test, fuzzing))]
+    pub fn held_len(&self) -> usize {
+        self.held.len()
+    }
+
     /// End of input ends a pattern as well as any other boundary does.
     pub fn finish(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -364,14 +371,21 @@ mod tests {
 
     /// Reference: the same rules written as a plain scan over the whole input.
     fn reference(addr: IpAddr, input: &[u8]) -> Vec<u8> {
+        reference_counted(addr, input).0
+    }
+
+    /// The reference's output and how many binds it rewrote.
+    fn reference_counted(addr: IpAddr, input: &[u8]) -> (Vec<u8>, usize) {
         let rewriter = BindRewriter::new(addr);
         let mut out = Vec::new();
+        let mut rewrites = 0;
         let mut i = 0;
         'outer: while i < input.len() {
             for pattern in &rewriter.patterns {
                 let end = i + pattern.text.len();
                 if input[i..].starts_with(&pattern.text) && input.get(end).is_none_or(|&b| is_boundary(b)) {
                     out.extend_from_slice(&pattern.replacement);
+                    rewrites += 1;
                     i = end;
                     continue 'outer;
                 }
@@ -379,7 +393,7 @@ mod tests {
             out.push(input[i]);
             i += 1;
         }
-        out
+        (out, rewrites)
     }
 
     proptest! {
@@ -415,6 +429,133 @@ mod tests {
             }
             prop_assert!(held.is_empty());
             prop_assert_eq!(out, reference(v4(), &input));
+        }
+    }
+
+    /// The longest pattern, `--bind-addr=localhost`: the most ever held.
+    const MAX_HELD: usize = "--bind-addr=localhost".len();
+
+    /// Runs a fresh rewriter over `chunks`, checking after every read that
+    /// the held bytes stay bounded; returns the output and the rewrite count.
+    fn chunked_bounded(addr: IpAddr, chunks: &[&[u8]]) -> (Vec<u8>, usize) {
+        let mut rewriter = BindRewriter::new(addr);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            out.extend(rewriter.feed(chunk));
+            assert!(rewriter.held_len() <= MAX_HELD, "held {:?}", rewriter.held);
+        }
+        out.extend(rewriter.finish());
+        assert_eq!(rewriter.held_len(), 0);
+        (out, rewriter.rewrites())
+    }
+
+    fn split_at<'a>(input: &'a [u8], raw: &[prop::sample::Index]) -> Vec<&'a [u8]> {
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        for cut in cuts_for(input.len(), raw) {
+            chunks.push(&input[start..cut]);
+            start = cut;
+        }
+        chunks.push(&input[start..]);
+        chunks
+    }
+
+    fn pattern_texts() -> Vec<Vec<u8>> {
+        BindRewriter::new(v4()).patterns.into_iter().map(|p| p.text).collect()
+    }
+
+    /// Bytes that may follow a pattern and keep it from matching.
+    const NOT_BOUNDARIES: &[u8] = b"0a9Z.-";
+
+    /// Patterns, their near misses and what breaks them, in random bytes
+    /// (NUL and invalid UTF-8 included).
+    fn hostile_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let texts = pattern_texts();
+        let piece = prop_oneof![
+            prop::sample::select(texts.clone()),
+            (prop::sample::select(texts.clone()), prop::sample::select(b"0a.-:\"' \n\0\xff=".to_vec()))
+                .prop_map(|(text, next)| [text, vec![next]].concat()),
+            (prop::sample::select(texts), any::<prop::sample::Index>())
+                .prop_map(|(text, cut)| text[..cut.index(text.len())].to_vec()),
+            prop::sample::select(b"-hostnbidar=127.0lc \0\xff\n:".to_vec()).prop_map(|b| vec![b]),
+            Just(b"\xc3(\xf0\x28\x8c".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..12),
+        ];
+        proptest::collection::vec(piece, 0..32).prop_map(|parts| parts.concat())
+    }
+
+    /// Random bytes and near misses of every pattern: a pattern cut short,
+    /// or followed by a byte that makes it another host.
+    fn near_miss_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let texts = pattern_texts();
+        let piece = prop_oneof![
+            (prop::sample::select(texts.clone()), prop::sample::select(NOT_BOUNDARIES.to_vec()))
+                .prop_map(|(text, next)| [text, vec![next]].concat()),
+            (prop::sample::select(texts), any::<prop::sample::Index>())
+                .prop_map(|(text, cut)| text[..cut.index(text.len())].to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..24),
+        ];
+        proptest::collection::vec(piece, 0..24).prop_map(|parts| parts.concat())
+    }
+
+    #[test]
+    fn nul_and_invalid_utf8_around_a_bind_survive() {
+        let input = b"\xff\xfe\0--host=127.0.0.1\0\xc3(--on-host localhost\xff--bind-addr=127.0.0.1\xf0";
+        let expected =
+            b"\xff\xfe\0--host=10.77.1.11\0\xc3(--on-host 10.77.1.11\xff--bind-addr=10.77.1.11\xf0";
+        assert_eq!(rewrite_with(v4(), input), expected);
+    }
+
+    #[test]
+    fn a_64_mib_line_of_near_misses_passes_unchanged_with_bounded_memory() {
+        let mut unit =
+            b"--host=127.0.0.10\0\xff--bind-addr=localhost.x --on-host 127.0.0.1-\xc3(--on-hos".to_vec();
+        unit.extend_from_slice(&[b'q'; 1500]);
+        let mut input = Vec::with_capacity(64 << 20);
+        while input.len() < 64 << 20 {
+            input.extend_from_slice(&unit);
+        }
+        input.truncate(64 << 20);
+        let mut rewriter = BindRewriter::new(v4());
+        let mut passed = 0;
+        for chunk in input.chunks(64 << 10) {
+            let out = rewriter.feed(chunk);
+            assert_eq!(out, input[passed..passed + out.len()]);
+            passed += out.len();
+            assert!(rewriter.held_len() <= MAX_HELD);
+        }
+        let tail = rewriter.finish();
+        assert_eq!(tail, input[passed..]);
+        assert_eq!(rewriter.rewrites(), 0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn hostile_bytes_follow_the_reference_under_any_split(
+            input in hostile_strategy(),
+            raw_cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+            v6 in any::<bool>(),
+        ) {
+            let addr: IpAddr = if v6 { "fd00::5".parse().unwrap() } else { v4() };
+            let expected = reference_counted(addr, &input);
+            prop_assert_eq!(&chunked_bounded(addr, &[&input]), &expected);
+            prop_assert_eq!(&chunked_bounded(addr, &split_at(&input, &raw_cuts)), &expected);
+            let bytes: Vec<&[u8]> = input.chunks(1).collect();
+            prop_assert_eq!(&chunked_bounded(addr, &bytes), &expected);
+        }
+
+        #[test]
+        fn near_misses_in_random_bytes_pass_unchanged(
+            input in near_miss_strategy(),
+            raw_cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            // Random bytes could, very rarely, spell a whole pattern.
+            prop_assume!(reference_counted(v4(), &input).1 == 0);
+            prop_assert_eq!(chunked_bounded(v4(), &split_at(&input, &raw_cuts)), (input.clone(), 0));
+            let bytes: Vec<&[u8]> = input.chunks(1).collect();
+            prop_assert_eq!(chunked_bounded(v4(), &bytes), (input, 0));
         }
     }
 }

@@ -123,6 +123,13 @@ impl ListeningScanner {
         out
     }
 
+    /// How many bytes are held back because they could still become a
+    /// marker line: at most the marker, [`MAX_VALUE`] and the terminator.
+    #[cfg(any(test, fuzzing))]
+    pub fn held_len(&self) -> usize {
+        self.held.len()
+    }
+
     /// An unfinished marker at end of stream is data.
     pub fn finish(&mut self) -> Vec<u8> {
         let held = std::mem::take(&mut self.held);
@@ -365,28 +372,31 @@ mod tests {
 
     #[test]
     fn huge_line_without_newline_keeps_the_buffer_small() {
-        let mut scanner = ListeningScanner::new();
-        let mut first = b"listeningOn==".to_vec();
-        first.resize(1 << 20, b'7');
-        let mut total = 0;
-        let mut check = |pieces: Vec<Piece>, scanner: &ListeningScanner| {
-            assert!(scanner.held.len() <= MARKER.len() + MAX_VALUE + TERMINATOR.len());
-            for piece in pieces {
-                match piece {
-                    Piece::Data(d) => total += d.len(),
-                    Piece::Listening(_) => panic!("not an endpoint"),
-                }
-            }
-        };
-        let pieces = scanner.feed(&first);
-        check(pieces, &scanner);
-        let rest = vec![b'x'; 1 << 20];
-        for _ in 1..64 {
-            let pieces = scanner.feed(&rest);
-            check(pieces, &scanner);
+        // One 64 MiB line that starts like a marker and never ends, with NUL,
+        // invalid UTF-8 and marker pieces inside but no terminator.
+        let mut stream = b"listeningOn==7777".to_vec();
+        let unit = [b"\0\xff\xfe\xc3(=listeningOn=x".as_slice(), &[b'7'; 991]].concat();
+        while stream.len() < 64 << 20 {
+            stream.extend_from_slice(&unit);
         }
-        total += scanner.finish().len();
-        assert_eq!(total, 64 << 20);
+        stream.truncate(64 << 20);
+        let mut scanner = ListeningScanner::new();
+        let mut passed = 0;
+        for chunk in stream.chunks(64 << 10) {
+            for piece in scanner.feed(chunk) {
+                let Piece::Data(data) = piece else { panic!("not an endpoint: {piece:?}") };
+                assert_eq!(data, stream[passed..passed + data.len()]);
+                passed += data.len();
+            }
+            assert!(scanner.held_len() < MARKER.len() + MAX_VALUE + TERMINATOR.len());
+        }
+        assert_eq!(passed, stream.len(), "everything passed before the stream ended");
+        assert!(scanner.finish().is_empty());
+        // The next line is a line start again.
+        assert_eq!(
+            scanner.feed(b"\nlisteningOn==5==\n"),
+            vec![data("\n"), listening(Target::Port(5), "listeningOn==5=="), data("\n")]
+        );
     }
 
     #[test]
@@ -441,8 +451,13 @@ mod tests {
         }
 
         #[test]
-        fn bytes_without_markers_pass_unchanged(stream in proptest::collection::vec(any::<u8>(), 0..512)) {
-            prop_assert_eq!(run(&[&stream]), if stream.is_empty() { vec![] } else { vec![Piece::Data(stream.clone())] });
+        fn bytes_without_markers_pass_unchanged(
+            stream in proptest::collection::vec(any::<u8>(), 0..2048),
+            raw_cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let expected = if stream.is_empty() { vec![] } else { vec![Piece::Data(stream.clone())] };
+            prop_assert_eq!(&run(&[&stream]), &expected);
+            prop_assert_eq!(&run_bounded(&split_at(&stream, &raw_cuts)), &expected);
         }
 
         #[test]
@@ -451,6 +466,133 @@ mod tests {
             scanner.feed(&stream);
             scanner.feed(b"\n");
             prop_assert!(scanner.held.is_empty());
+        }
+    }
+
+    /// Like `run`, checking after every read that the held bytes stay bounded.
+    fn run_bounded(chunks: &[&[u8]]) -> Vec<Piece> {
+        let mut scanner = ListeningScanner::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            for piece in scanner.feed(chunk) {
+                match piece {
+                    Piece::Data(d) => push_data(&mut out, &d),
+                    piece => out.push(piece),
+                }
+            }
+            assert!(scanner.held_len() < MARKER.len() + MAX_VALUE + TERMINATOR.len());
+        }
+        push_data(&mut out, &scanner.finish());
+        assert_eq!(scanner.held_len(), 0);
+        out
+    }
+
+    fn push_data(out: &mut Vec<Piece>, bytes: &[u8]) {
+        match out.last_mut() {
+            _ if bytes.is_empty() => {}
+            Some(Piece::Data(last)) => last.extend_from_slice(bytes),
+            _ => out.push(Piece::Data(bytes.to_vec())),
+        }
+    }
+
+    fn split_at<'a>(stream: &'a [u8], raw: &[prop::sample::Index]) -> Vec<&'a [u8]> {
+        let mut cuts: Vec<usize> = raw.iter().map(|i| i.index(stream.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        for cut in cuts {
+            chunks.push(&stream[start..cut]);
+            start = cut;
+        }
+        chunks.push(&stream[start..]);
+        chunks
+    }
+
+    /// Reference: the rules as a plain pass over the whole stream, line by
+    /// line. A line that starts with the marker, whose first terminator
+    /// after it ends a value of at most [`MAX_VALUE`] bytes that parses, is
+    /// an endpoint up to that terminator; every other byte is data.
+    fn reference(stream: &[u8]) -> Vec<Piece> {
+        let mut out = Vec::new();
+        for line in stream.split_inclusive(|&b| b == b'\n') {
+            let found = line.strip_prefix(MARKER).and_then(|rest| {
+                let len = rest.windows(TERMINATOR.len()).position(|w| w == TERMINATOR)?;
+                let target = if len <= MAX_VALUE { parse_target(&rest[..len])? } else { return None };
+                Some((target, MARKER.len() + len + TERMINATOR.len()))
+            });
+            match found {
+                Some((target, end)) => {
+                    out.push(Piece::Listening(Listening { target, original: line[..end].to_vec() }));
+                    push_data(&mut out, &line[end..]);
+                }
+                None => push_data(&mut out, line),
+            }
+        }
+        out
+    }
+
+    /// Markers of every form, their near misses and the bytes that break
+    /// them: NUL, invalid UTF-8, CR, values around the length bound.
+    fn hostile_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            prop::sample::select(vec![
+                b"listeningOn==5555==".to_vec(),
+                b"listeningOn==127.0.0.1:6666==".to_vec(),
+                b"listeningOn==[fd00::5]:7==".to_vec(),
+                b"listeningOn==localhost:1==".to_vec(),
+                b"listeningOn==/run/user/1/vscode.sock==".to_vec(),
+            ]),
+            prop::sample::select(vec![
+                b"listeningOn==/a\0b==".to_vec(),
+                b"listeningOn==\xff==".to_vec(),
+                b"listeningOn==0==".to_vec(),
+                b"listeningOn==70000==".to_vec(),
+                b"listeningOn==[fd00::5:7==".to_vec(),
+                b"listeningOn==".to_vec(),
+                b"listening".to_vec(),
+            ]),
+            prop::sample::select(vec![
+                b"==".to_vec(),
+                b"=".to_vec(),
+                b"\n".to_vec(),
+                b"\r\n".to_vec(),
+                b"\0".to_vec(),
+                b"\xff\xfe\xc3".to_vec(),
+                b"1".to_vec(),
+                b":".to_vec(),
+            ]),
+            (MAX_VALUE - 20..MAX_VALUE + 20).prop_map(|n| {
+                let mut line = b"listeningOn==/".to_vec();
+                line.resize(MARKER.len() + n, b'p');
+                line.extend_from_slice(TERMINATOR);
+                line
+            }),
+            proptest::collection::vec(any::<u8>(), 0..12),
+        ];
+        proptest::collection::vec(piece, 0..24).prop_map(|parts| parts.concat())
+    }
+
+    #[test]
+    fn reference_agrees_on_the_examples() {
+        let stream =
+            b"abc\nlisteningOn==5555===x\nx listeningOn==1==\nlisteningOn==x==5==\nlisteningOn==/s==";
+        assert_eq!(reference(stream), run(&[stream]));
+        assert_eq!(reference(stream).iter().filter(|p| matches!(p, Piece::Listening(_))).count(), 2);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn hostile_streams_follow_the_reference_under_any_split(
+            stream in hostile_strategy(),
+            raw_cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let expected = reference(&stream);
+            prop_assert_eq!(&run_bounded(&[&stream]), &expected);
+            prop_assert_eq!(&run_bounded(&split_at(&stream, &raw_cuts)), &expected);
+            let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+            prop_assert_eq!(&run_bounded(&bytes), &expected);
         }
     }
 }

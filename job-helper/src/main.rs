@@ -3,8 +3,6 @@
 //! server's `listeningOn` line becomes an endpoint control line for
 //! `vscode-shim` plus the relay's port on the way out.
 
-mod bind_rewrite;
-mod listening;
 mod logging;
 mod shell;
 mod socket_bridge;
@@ -25,10 +23,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::ChildStdin;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
+use vscode_job_helper::bind_rewrite::BindRewriter;
+use vscode_job_helper::listening::{Listening, ListeningScanner, Piece, Reach, Target};
 use vscode_slurm_protocol::{self as protocol, env, ControlMessage, Nonce};
 
-use crate::bind_rewrite::BindRewriter;
-use crate::listening::{Listening, ListeningScanner, Piece, Reach, Target};
 use crate::shell::Shell;
 use crate::socket_bridge::Peers;
 

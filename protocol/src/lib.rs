@@ -202,6 +202,13 @@ impl ControlFilter {
         out.pieces
     }
 
+    /// How many bytes are held back waiting for the bytes that decide whether
+    /// they are a control line: always less than [`MAX_CONTROL_LINE`].
+    #[cfg(any(test, fuzzing))]
+    pub fn held_len(&self) -> usize {
+        self.held.len()
+    }
+
     /// Releases whatever is held at end of stream: an unfinished line is data.
     pub fn finish(&mut self) -> Vec<u8> {
         self.at_line_start = true;
@@ -355,6 +362,160 @@ mod tests {
             let data: Vec<u8> = whole.iter().flat_map(|p| match p { Piece::Data(d) => d.clone(), _ => vec![] }).collect();
             let controls = whole.iter().filter(|p| matches!(p, Piece::Control(_))).count();
             prop_assert_eq!(data.len() + controls * encode(&nonce(), &endpoint()).len(), stream.len());
+        }
+    }
+
+    /// Reference: the rules as a plain pass over the whole stream, line by
+    /// line. A complete line (newline included) of at most
+    /// [`MAX_CONTROL_LINE`] bytes that decodes with our nonce is a control
+    /// message; every other byte is data. Also returns the bytes consumed by
+    /// control lines.
+    fn reference(stream: &[u8]) -> (Vec<Piece>, usize) {
+        let mut out = Output::default();
+        let mut consumed = 0;
+        for line in stream.split_inclusive(|&b| b == b'\n') {
+            let message = match line.split_last() {
+                Some((b'\n', body)) if line.len() <= MAX_CONTROL_LINE => decode(&nonce(), body),
+                _ => None,
+            };
+            match message {
+                Some(message) => {
+                    out.control(message);
+                    consumed += line.len();
+                }
+                None => out.data(line),
+            }
+        }
+        (out.pieces, consumed)
+    }
+
+    /// Like `run`, checking after every read that the held bytes stay bounded.
+    fn run_bounded(chunks: &[&[u8]]) -> Vec<Piece> {
+        let mut filter = ControlFilter::new(nonce());
+        let mut out = Output::default();
+        for chunk in chunks {
+            for piece in filter.feed(chunk) {
+                match piece {
+                    Piece::Data(d) => out.data(&d),
+                    Piece::Control(m) => out.control(m),
+                }
+            }
+            assert!(filter.held_len() < MAX_CONTROL_LINE, "held {}", filter.held_len());
+        }
+        out.data(&filter.finish());
+        assert_eq!(filter.held_len(), 0);
+        out.pieces
+    }
+
+    fn split_at<'a>(stream: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
+        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+        points.sort_unstable();
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        for p in points {
+            chunks.push(&stream[start..p]);
+            start = p;
+        }
+        chunks.push(&stream[start..]);
+        chunks
+    }
+
+    /// Control lines, their near misses and the bytes that break them:
+    /// NUL, invalid UTF-8, CR, lines around the length bound.
+    fn hostile_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let ours = |addr: &str| encode(&nonce(), &ControlMessage::Endpoint(addr.parse().unwrap()));
+        let body = |rest: &[u8]| [CONTROL_PREFIX, nonce().as_str().as_bytes(), rest].concat();
+        let piece = prop_oneof![
+            Just(ours("10.77.1.11:40000")),
+            Just(ours("10.77.1.11:40000")),
+            Just(ours("[fd00::5]:7")),
+            Just(encode(&Nonce::parse("0123456789abcdef0123456789abcdee").unwrap(), &endpoint())),
+            Just(body(b" endpoint 10.77.1.11:40000\r\n")),
+            Just(body(b" endpoint 10.77.1.11:40000 \n")),
+            Just(body(b" endpoint \xff10.77.1.11:1\n")),
+            Just(body(b" endpoint 10.77.1.11:1\0\n")),
+            Just(body(b" endpoint  10.77.1.11:1\n")),
+            Just(body(b" endpoint 10.77.1.11\n")),
+            Just(body(b" ")),
+            Just(CONTROL_PREFIX.to_vec()),
+            Just(CONTROL_PREFIX[..5].to_vec()),
+            (MAX_CONTROL_LINE - 40..MAX_CONTROL_LINE + 40).prop_map(move |n| {
+                let mut line = body(b" endpoint 10.77.1.11:1 ");
+                line.resize(n, b'x');
+                line.push(b'\n');
+                line
+            }),
+            Just(b"\n".to_vec()),
+            Just(b"\0".to_vec()),
+            Just(b"\xff\xfe\xc3".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..24),
+        ];
+        proptest::collection::vec(piece, 0..16).prop_map(|parts| parts.concat())
+    }
+
+    #[test]
+    fn reference_agrees_on_the_examples() {
+        let mut stream = b"abc: start\n".to_vec();
+        stream.extend(encode(&nonce(), &endpoint()));
+        stream.extend(b"@@vscode\0\xff\n");
+        let (pieces, consumed) = reference(&stream);
+        assert_eq!(pieces, run(&[&stream]));
+        assert_eq!(consumed, encode(&nonce(), &endpoint()).len());
+    }
+
+    #[test]
+    fn a_64_mib_line_passes_unchanged_with_bounded_memory() {
+        // One line, no newline, starting like a control line of ours; NUL,
+        // invalid UTF-8 and more prefixes inside.
+        let mut stream = [CONTROL_PREFIX, nonce().as_str().as_bytes(), b" endpoint "].concat();
+        let unit = [b"\0\xff\xfe\xc3(".as_slice(), CONTROL_PREFIX, &[b'q'; 977]].concat();
+        while stream.len() < 64 << 20 {
+            stream.extend_from_slice(&unit);
+        }
+        stream.truncate(64 << 20);
+        let mut filter = ControlFilter::new(nonce());
+        let mut passed = 0;
+        for chunk in stream.chunks(64 << 10) {
+            for piece in filter.feed(chunk) {
+                let Piece::Data(data) = piece else { panic!("not a control line: {piece:?}") };
+                assert_eq!(data, stream[passed..passed + data.len()]);
+                passed += data.len();
+            }
+            assert!(filter.held_len() < MAX_CONTROL_LINE);
+        }
+        assert_eq!(passed, stream.len(), "everything passed before the stream ended");
+        assert!(filter.finish().is_empty());
+        // The next line is a line start again.
+        let mut next = b"\n".to_vec();
+        next.extend(encode(&nonce(), &endpoint()));
+        assert_eq!(filter.feed(&next), vec![Piece::Data(b"\n".to_vec()), Piece::Control(endpoint())]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn hostile_streams_follow_the_reference_under_any_split(
+            stream in hostile_strategy(),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let (expected, consumed) = reference(&stream);
+            prop_assert_eq!(&run_bounded(&[&stream]), &expected);
+            prop_assert_eq!(&run_bounded(&split_at(&stream, &cuts)), &expected);
+            let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+            prop_assert_eq!(&run_bounded(&bytes), &expected);
+            let data: usize = expected.iter().map(|p| match p { Piece::Data(d) => d.len(), _ => 0 }).sum();
+            prop_assert_eq!(data + consumed, stream.len());
+        }
+
+        #[test]
+        fn random_bytes_pass_unchanged_under_any_split(
+            stream in proptest::collection::vec(any::<u8>(), 0..2048),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            // Without the nonce nothing can be a control line, whatever else it holds.
+            let expected = if stream.is_empty() { vec![] } else { vec![Piece::Data(stream.clone())] };
+            prop_assert_eq!(&run_bounded(&split_at(&stream, &cuts)), &expected);
         }
     }
 }

@@ -1,0 +1,86 @@
+//! `job-helper`'s `ListeningScanner`, the finder of `listeningOn==X==` lines
+//! in the launch script's output: the result is the same whatever the
+//! reads, its pieces spell the input again, every endpoint found is a
+//! well-formed marker at a line start, the scanner holds back less than a
+//! marker line's bound, and a stream without a marker line passes unchanged.
+
+#![no_main]
+
+use std::net::IpAddr;
+use std::os::unix::ffi::OsStrExt;
+
+use libfuzzer_sys::fuzz_target;
+use vscode_job_helper::listening::{ListeningScanner, Piece, Reach, Target, MAX_VALUE};
+
+mod common;
+
+const MARKER: &[u8] = b"listeningOn==";
+const TERMINATOR: &[u8] = b"==";
+const BOUND: usize = MARKER.len() + MAX_VALUE + TERMINATOR.len();
+
+fn push(out: &mut Vec<Piece>, piece: Piece) {
+    match (out.last_mut(), piece) {
+        (_, Piece::Data(data)) if data.is_empty() => {}
+        (Some(Piece::Data(last)), Piece::Data(data)) => last.extend(data),
+        (_, piece) => out.push(piece),
+    }
+}
+
+fn run(reads: &[&[u8]]) -> Vec<Piece> {
+    let mut scanner = ListeningScanner::new();
+    let mut out = Vec::new();
+    for read in reads {
+        for piece in scanner.feed(read) {
+            push(&mut out, piece);
+        }
+        assert!(scanner.held_len() < BOUND, "held {} bytes", scanner.held_len());
+    }
+    push(&mut out, Piece::Data(scanner.finish()));
+    assert_eq!(scanner.held_len(), 0);
+    out
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((choice, stream)) = common::split(data) else { return };
+    let whole = run(&[stream]);
+    assert_eq!(run(&common::reads(choice, stream)), whole, "other reads, other result");
+    assert_eq!(run(&common::bytewise(stream)), whole, "byte-wise reads, other result");
+
+    let published: IpAddr = "10.77.1.11".parse().unwrap();
+    let mut at = 0;
+    for piece in &whole {
+        let Piece::Listening(listening) = piece else {
+            let Piece::Data(data) = piece else { unreachable!() };
+            assert_eq!(data[..], stream[at..at + data.len()], "data changed");
+            at += data.len();
+            continue;
+        };
+        let original = &listening.original[..];
+        assert_eq!(original, &stream[at..at + original.len()], "endpoint line changed");
+        assert!(at == 0 || stream[at - 1] == b'\n', "endpoint not at a line start");
+        at += original.len();
+        let value = original
+            .strip_prefix(MARKER)
+            .and_then(|rest| rest.strip_suffix(TERMINATOR))
+            .expect("endpoint without marker and terminator");
+        assert!(!value.is_empty() && value.len() <= MAX_VALUE, "value of {} bytes", value.len());
+        assert!(!value.contains(&b'\n'), "value across lines");
+        assert!(!value.windows(2).any(|w| w == TERMINATOR), "not the first terminator");
+        match &listening.target {
+            Target::Port(port) | Target::HostPort(_, port) => assert_ne!(*port, 0),
+            Target::Socket(path) => assert_eq!(path.as_os_str().as_bytes(), value),
+        }
+        if let Reach::Tcp(endpoint) = listening.reach(published) {
+            assert_ne!(endpoint.port(), 0);
+        }
+        let rewritten = listening.rewritten(4444);
+        assert!(rewritten.starts_with(MARKER) && rewritten.ends_with(TERMINATOR));
+    }
+    assert_eq!(at, stream.len(), "bytes lost or added");
+
+    let marker_line = stream.split(|&b| b == b'\n').any(|line| line.starts_with(MARKER));
+    if !marker_line {
+        let expected = if stream.is_empty() { vec![] } else { vec![Piece::Data(stream.to_vec())] };
+        assert_eq!(whole, expected, "changed without a marker line");
+    }
+});
