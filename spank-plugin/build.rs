@@ -29,6 +29,18 @@ fn main() {
         ))
     });
     println!("cargo:rerun-if-changed={}", header.display());
+    // Headers of one release come together: slurm_version.h without spank.h
+    // next to it is a partial copy or a mix of two installations.
+    let spank_header = header.with_file_name("spank.h");
+    println!("cargo:rerun-if-changed={}", spank_header.display());
+    if !spank_header.is_file() {
+        fail(&format!(
+            "found {} but no spank.h next to it: the Slurm headers there are incomplete or mismatched. \
+             Point SLURM_INCLUDE_DIR at one release's complete include directory (with slurm/slurm_version.h \
+             and slurm/spank.h), e.g. from that release's libslurm-dev or slurm-devel package.",
+            header.display()
+        ));
+    }
 
     let text = fs::read_to_string(&header)
         .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", header.display())));

@@ -56,6 +56,10 @@ pub struct Cli {
     /// Print nothing on stdout; ended trees are still logged.
     #[arg(short, long, conflicts_with = "json")]
     pub quiet: bool,
+
+    /// Print a man page or a completion script (man, bash, zsh, fish), for packaging.
+    #[arg(long, value_name = "WHAT", hide = true)]
+    pub generate: Option<String>,
 }
 
 impl Cli {
@@ -68,6 +72,27 @@ impl Cli {
             Err(e) => usage_error(&error_text(&e.render().to_string())),
         }
     }
+}
+
+/// Writes a man page (`man`) or a completion script (`bash`, `zsh`, `fish`)
+/// to stdout, for packaging; returns the exit code.
+pub fn generate(what: &str) -> i32 {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    let name = command.get_name().to_owned();
+    let mut out = std::io::stdout();
+    let shell = match what {
+        "man" => return clap_mangen::Man::new(command).render(&mut out).map_or(1, |()| 0),
+        "bash" => clap_complete::Shell::Bash,
+        "zsh" => clap_complete::Shell::Zsh,
+        "fish" => clap_complete::Shell::Fish,
+        _ => {
+            eprintln!("{name}: --generate takes man, bash, zsh or fish");
+            return 2;
+        }
+    };
+    clap_complete::generate(shell, &mut command, name, &mut out);
+    0
 }
 
 /// Exits 2 with `what` as the one line on stderr.

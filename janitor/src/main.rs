@@ -25,6 +25,9 @@ use crate::report::Entry;
 
 fn main() {
     let cli = Cli::parse_or_exit();
+    if let Some(what) = &cli.generate {
+        std::process::exit(cli::generate(what));
+    }
     let only_uid = match cli.user.as_deref() {
         None => None,
         Some(name) => match User::from_name(name) {

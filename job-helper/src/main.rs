@@ -67,6 +67,10 @@ struct Cli {
     /// Address servers bind and are reached at, instead of VSCODE_SLURM_BIND_ADDR.
     #[arg(long, value_name = "ADDR")]
     bind_addr: Option<IpAddr>,
+
+    /// Print a man page or a completion script (man, bash, zsh, fish), for packaging.
+    #[arg(long, value_name = "WHAT", hide = true)]
+    generate: Option<String>,
 }
 
 impl Cli {
@@ -84,6 +88,27 @@ impl Cli {
             }
         }
     }
+}
+
+/// Writes a man page (`man`) or a completion script (`bash`, `zsh`, `fish`)
+/// to stdout, for packaging; returns the exit code.
+fn generate(what: &str) -> i32 {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    let name = command.get_name().to_owned();
+    let mut out = std::io::stdout();
+    let shell = match what {
+        "man" => return clap_mangen::Man::new(command).render(&mut out).map_or(1, |()| 0),
+        "bash" => clap_complete::Shell::Bash,
+        "zsh" => clap_complete::Shell::Zsh,
+        "fish" => clap_complete::Shell::Fish,
+        _ => {
+            eprintln!("{name}: --generate takes man, bash, zsh or fish");
+            return 2;
+        }
+    };
+    clap_complete::generate(shell, &mut command, name, &mut out);
+    0
 }
 
 fn fail(message: std::fmt::Arguments<'_>) -> ! {
@@ -158,6 +183,9 @@ fn launch_node_peers() -> Peers {
 
 fn main() {
     let cli = Cli::parse_or_exit();
+    if let Some(what) = &cli.generate {
+        std::process::exit(generate(what));
+    }
     let log_file = cli.log_file.as_deref().map(expand_pid);
     if let Err(e) = logging::init(cli.verbose, cli.quiet, log_file.as_deref()) {
         let path = log_file.as_deref().unwrap_or(Path::new("")).display();

@@ -11,7 +11,12 @@ use clap::{ArgAction, Parser};
 /// Meant as the `RemoteCommand` of an ssh host entry, e.g.
 /// `RemoteCommand vscode-shim -- --partition=gpu --time=4:00:00`.
 #[derive(Debug, Parser)]
-#[command(name = "vscode-shim", version)]
+#[command(
+    name = "vscode-shim",
+    version,
+    after_help = "Also: `vscode-shim setup --help` (the laptop's ssh entry and VS Code settings) and\n\
+                  `vscode-shim doctor --help` (checks this login node)."
+)]
 pub struct Cli {
     /// Address the relay listens on; sshd connects here on VS Code's behalf.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]

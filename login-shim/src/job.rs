@@ -30,6 +30,7 @@ pub struct JobStatus {
     /// The end state named in a `*** JOB N ON node CANCELLED AT ... ***`
     /// line, for when the controller no longer says.
     pub end_hint: Option<&'static str>,
+    pub revoked: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +39,9 @@ pub enum SallocEvent {
     Granted(u32),
     Error(String),
     EndHint(&'static str),
+    /// The controller took the allocation back (node failure, cancel):
+    /// salloc may still wait for an srun that can no longer end by itself.
+    Revoked,
 }
 
 /// The salloc command line; the helper runs as the job's single task.
@@ -54,6 +58,9 @@ pub fn salloc_command(cli: &Cli, nonce: &Nonce, relay_port: u16) -> Command {
         .arg(&cli.helper)
         .env(env::NONCE, nonce.as_str())
         .env(env::RELAY_PORT, relay_port.to_string())
+        // A group of its own, so salloc and its srun can be ended together
+        // when the allocation is revoked but srun waits on a dead node.
+        .process_group(0)
         // Our own pipes, never inherited descriptors: if the shim dies, the
         // helper sees EOF on stdin and the job ends with it.
         .stdin(Stdio::piped())
@@ -67,6 +74,12 @@ pub fn parse_salloc_line(line: &str) -> Option<SallocEvent> {
         return Some(SallocEvent::EndHint(hint));
     }
     let rest = line.trim_end().strip_prefix("salloc: ")?;
+    if rest.starts_with("error: Node failure on ") {
+        return Some(SallocEvent::EndHint("NODE_FAIL"));
+    }
+    if rest.starts_with("Job allocation ") && rest.ends_with(" has been revoked.") {
+        return Some(SallocEvent::Revoked);
+    }
     if let Some(error) = rest.strip_prefix("error: ") {
         return Some(SallocEvent::Error(error.trim().to_owned()));
     }
@@ -113,6 +126,7 @@ fn apply(status: &mut JobStatus, event: SallocEvent) {
         }
         SallocEvent::Error(text) => status.last_error = Some(text),
         SallocEvent::EndHint(state) => status.end_hint = Some(state),
+        SallocEvent::Revoked => status.revoked = true,
     }
 }
 
@@ -313,6 +327,14 @@ pub fn explain_end(status: &JobStatus, end: Option<&JobEnd>, salloc: ExitStatus)
     format!("job {id} ended: {state}{detail}; {advice}")
 }
 
+/// The line for a salloc that died by a signal, after its job was cancelled.
+pub fn explain_salloc_killed(id: u32, signal: i32) -> String {
+    format!(
+        "salloc for job {id} was killed by signal {signal}; the job was cancelled so that nothing keeps \
+         running; reconnect to start a new session"
+    )
+}
+
 fn describe_exit(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
@@ -398,6 +420,8 @@ mod tests {
                 "srun: error: *** JOB 42 ON c1 CANCELLED AT 2024-05-01T10:00:00 ***",
                 Some(SallocEvent::EndHint("CANCELLED")),
             ),
+            ("salloc: error: Node failure on c1\n", Some(SallocEvent::EndHint("NODE_FAIL"))),
+            ("salloc: Job allocation 42 has been revoked.\n", Some(SallocEvent::Revoked)),
             ("salloc: Waiting for resource configuration", None),
             ("salloc: Nodes c1 are ready for job", None),
             ("salloc: Relinquishing job allocation 42", None),

@@ -2,14 +2,20 @@
 //! session inside a Slurm job and relays VS Code's connections to it.
 
 mod cli;
+mod commands;
+mod doctor;
 mod job;
 mod logging;
 mod peer_uid;
 mod relay;
+mod setup;
+mod sock_diag;
+mod splice;
 mod streams;
 
 use std::fs::File;
 use std::io;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -27,10 +33,15 @@ use crate::streams::StdinEnd;
 const QUIET_EXIT: Duration = Duration::from_secs(3);
 /// How long salloc gets to leave after its job was cancelled.
 const SALLOC_GRACE: Duration = Duration::from_secs(10);
+/// How long salloc may wait on its srun after the allocation was revoked.
+const REVOKED_GRACE: Duration = Duration::from_secs(3);
 /// How long the job's last output may take to drain after salloc exits.
 const DRAIN: Duration = Duration::from_secs(2);
 
 fn main() {
+    if let Some(code) = commands::dispatch() {
+        std::process::exit(code);
+    }
     let cli = Cli::parse_or_exit();
     let log_file = cli.log_file.as_deref().map(expand_pid);
     let tee_stderr = cli.tee_stderr.as_deref().map(expand_pid);
@@ -60,6 +71,9 @@ fn main() {
 enum Outcome {
     /// VS Code hung up or we were told to stop; the code to exit with.
     Shutdown(i32),
+    /// The server refused a relay connection: it has exited, and VS Code
+    /// cannot start another one over this ssh session.
+    ServerGone(std::net::SocketAddr),
     SallocExited(io::Result<ExitStatus>),
 }
 
@@ -114,7 +128,10 @@ async fn run(cli: Cli) -> i32 {
     ));
     let stderr_task = tokio::spawn(job::follow_stderr(salloc_stderr, status_tx));
     let mut stdin_task = tokio::spawn(streams::forward_stdin(to_salloc, tee_stdin));
-    tokio::spawn(relay::serve(listener, endpoint_rx, cli.connect_wait()));
+    let (server_gone_tx, mut server_gone) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(relay::serve(listener, endpoint_rx, cli.connect_wait(), server_gone_tx));
+    let salloc_group = salloc.id().and_then(|pid| i32::try_from(pid).ok());
+    tokio::spawn(end_revoked_allocation(status_rx.clone(), salloc_group));
     let progress = tokio::spawn({
         let (status, squeue, every) = (status_rx.clone(), cli.squeue.clone(), cli.poll_interval());
         async move { job::report_progress(status, &squeue, every).await }
@@ -135,29 +152,26 @@ async fn run(cli: Cli) -> i32 {
                 }
             }
             code = signals.next() => break Outcome::Shutdown(code),
+            Some(server) = server_gone.recv() => break Outcome::ServerGone(server),
             status = salloc.wait() => break Outcome::SallocExited(status),
         }
     };
     progress.abort();
 
     match outcome {
+        Outcome::ServerGone(server) => {
+            let job = status_rx.borrow().id.map_or_else(String::new, |id| format!(" of job {id}"));
+            tracing::error!(
+                "the VS Code server{job} at {server} refused the connection (it has exited); \
+                 the session is ended: reconnect to start a new one"
+            );
+            let stdin_task = stdin_open.then_some(stdin_task);
+            end_session("the server exited", stdin_task, &mut salloc, &status_rx, &cli).await;
+            1
+        }
         Outcome::Shutdown(code) => {
-            tracing::info!("ending the session");
-            if stdin_open {
-                stdin_task.abort();
-                // Dropping the task closes salloc's stdin, so the helper ends the script.
-                let _ = stdin_task.await;
-            }
-            // A running session ends by itself once the helper sees stdin
-            // close; only a job that does not (still pending, a stuck step)
-            // is cancelled, so a normal close leaves no cancellation noise.
-            if timeout(QUIET_EXIT, salloc.wait()).await.is_err() {
-                let id = status_rx.borrow().id;
-                if let Some(id) = id {
-                    job::scancel(&cli.scancel, id).await;
-                }
-                job::stop(&mut salloc, SALLOC_GRACE).await;
-            }
+            let stdin_task = stdin_open.then_some(stdin_task);
+            end_session(&shutdown_reason(code), stdin_task, &mut salloc, &status_rx, &cli).await;
             code
         }
         Outcome::SallocExited(status) => {
@@ -172,6 +186,13 @@ async fn run(cli: Cli) -> i32 {
                 }
             };
             let job = status_rx.borrow().clone();
+            // salloc gives its allocation back when it leaves by itself; killed,
+            // it cannot, and the job would run on with nobody attached to it.
+            if let (Some(id), Some(signal), false) = (job.id, status.signal(), job.revoked) {
+                job::scancel(&cli.scancel, id).await;
+                tracing::error!("{}", job::explain_salloc_killed(id, signal));
+                return 1;
+            }
             let end = match job.id {
                 Some(id) => job::query_end(&cli.scontrol, id).await,
                 None => None,
@@ -179,6 +200,61 @@ async fn run(cli: Cli) -> i32 {
             tracing::error!("{}", job::explain_end(&job, end.as_ref(), status));
             1
         }
+    }
+}
+
+fn shutdown_reason(code: i32) -> String {
+    match code {
+        0 => "the client closed the session".to_owned(),
+        129 => "the ssh session hung up (SIGHUP)".to_owned(),
+        _ => format!("stopped by signal {}", code - 128),
+    }
+}
+
+/// Ends a session from the login side: closing the job's stdin makes the
+/// helper end the launch script, and a running job then ends by itself; only
+/// one that does not (still pending, a stuck step) is cancelled, so a normal
+/// close leaves no cancellation noise in the user's log.
+async fn end_session(
+    why: &str,
+    stdin_task: Option<tokio::task::JoinHandle<StdinEnd>>,
+    salloc: &mut tokio::process::Child,
+    status: &watch::Receiver<JobStatus>,
+    cli: &Cli,
+) {
+    if let Some(stdin_task) = stdin_task {
+        stdin_task.abort();
+        // Dropping the task closes salloc's stdin.
+        let _ = stdin_task.await;
+    }
+    let job = status.borrow().clone();
+    let ended_by_itself = job.granted && timeout(QUIET_EXIT, salloc.wait()).await.is_ok();
+    match job.id {
+        _ if ended_by_itself => tracing::info!("{why}; the job ended with it"),
+        Some(id) => {
+            job::scancel(&cli.scancel, id).await;
+            let state = if job.granted { "did not end by itself" } else { "was still pending" };
+            tracing::warn!("{why}; job {id} {state} and was cancelled");
+        }
+        None => tracing::info!("{why} before salloc named a job"),
+    }
+    if !ended_by_itself {
+        job::stop(salloc, SALLOC_GRACE).await;
+    }
+}
+
+/// Once Slurm revokes the allocation (a node failed, say), salloc waits for
+/// its srun, and srun for a step on a node that may never answer again: give
+/// them a moment to leave by themselves, then end both.
+async fn end_revoked_allocation(mut status: watch::Receiver<JobStatus>, salloc_group: Option<i32>) {
+    if status.wait_for(|job| job.revoked).await.is_err() {
+        return;
+    }
+    tokio::time::sleep(REVOKED_GRACE).await;
+    if let Some(group) = salloc_group {
+        tracing::info!("the allocation was revoked and salloc is still waiting; ending it");
+        let _ =
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), nix::sys::signal::Signal::SIGKILL);
     }
 }
 

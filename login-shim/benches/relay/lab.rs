@@ -1,0 +1,416 @@
+//! The benchmark on the lab cluster's real path: a real Remote-SSH session
+//! (the emulator on `laptop`, ssh, sshd and `vscode-shim` on `login`, a job
+//! on `c1`) whose launch script starts this benchmark's server in the job
+//! instead of VS Code's. Two client placements are measured:
+//!
+//! - `lab login→c1`: the client on `login` as the session's user, through
+//!   the shim's relay port across the lab network to `c1`. This is the
+//!   relay's hop exactly as VS Code's traffic takes it, without ssh's
+//!   encryption and single-threaded channel multiplexing, which would
+//!   otherwise set every number.
+//! - `lab laptop→ssh→c1`: the client on `laptop` through the session's own
+//!   `ssh -D` SOCKS port, which is how VS Code itself connects: what a user
+//!   sees end to end (ssh's cost included, the same for all three).
+//!
+//! "direct" is the server's own address on `c1`; socat runs on `login` as
+//! the user. The shim's and socat's CPU and memory are read from /proc of
+//! this (root) namespace; the lab's processes are found by their pid
+//! namespace.
+//!
+//! Session set-up is measured on separate sessions with the stock legacy
+//! launch script and test server, with timestamps added (see `setup_run`).
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use vscode_slurm_tests::{wait_until, Lab, LineProcess};
+
+use crate::procs::{self, Relay, Socat};
+use crate::report::{Footprint, PathReport, SetupRun};
+use crate::work::Route;
+use crate::{Config, Runner};
+
+const USER: &str = "alice";
+const OPEN_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn now_secs() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Runs the `client` role of this binary on a lab host as the user.
+struct LabRunner<'a> {
+    lab: &'a Lab,
+    host: &'static str,
+    exe: String,
+}
+
+impl LabRunner<'_> {
+    fn client(&self, route: Route, args: &[&str]) -> io::Result<String> {
+        let route = route.to_arg();
+        let mut argv = vec![self.exe.as_str(), "client", "--route", route.as_str()];
+        argv.extend_from_slice(args);
+        let out = self.lab.command(Some(USER), self.host, &argv).stdin(Stdio::null()).output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !out.status.success() || stdout.starts_with("error") {
+            return Err(io::Error::other(format!(
+                "client on {} failed: {stdout} {}",
+                self.host,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(stdout)
+    }
+}
+
+fn parse<T: std::str::FromStr>(word: Option<&str>) -> io::Result<T> {
+    word.and_then(|w| w.parse().ok()).ok_or_else(|| io::Error::other("unexpected client output"))
+}
+
+impl Runner for LabRunner<'_> {
+    fn bulk(&self, route: Route, bytes: u64) -> io::Result<f64> {
+        let out = self.client(route, &["--test", "bulk", "--bytes", &bytes.to_string()])?;
+        parse(out.strip_prefix("bulk "))
+    }
+    fn ping_pong(&self, route: Route, count: usize) -> io::Result<Vec<u64>> {
+        let out = self.client(route, &["--test", "ping", "--count", &count.to_string()])?;
+        let rest = out.strip_prefix("ping ").ok_or_else(|| io::Error::other("unexpected client output"))?;
+        rest.split_whitespace().map(|w| parse(Some(w))).collect()
+    }
+    fn burst(&self, route: Route, conns: usize, rounds: usize) -> io::Result<(f64, usize)> {
+        let out = self.client(
+            route,
+            &["--test", "burst", "--conns", &conns.to_string(), "--rounds", &rounds.to_string()],
+        )?;
+        let mut words = out.strip_prefix("burst ").unwrap_or("").split_whitespace();
+        Ok((parse(words.next())?, parse(words.next())?))
+    }
+}
+
+/// A lab relay process seen from this namespace.
+struct LabShim {
+    pid: u32,
+    port: u16,
+}
+
+impl Relay for LabShim {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+    fn port(&self) -> u16 {
+        self.port
+    }
+    fn forks(&self) -> bool {
+        false
+    }
+}
+
+/// Pids (as this namespace numbers them) of processes called `comm` on `host`.
+fn lab_pids(lab: &Lab, host: &str, comm: &str) -> Vec<u32> {
+    let Ok(init) = fs::read_to_string(lab.dir.join("pids").join(host)) else { return vec![] };
+    let Ok(ns) = fs::read_link(format!("/proc/{}/ns/pid", init.trim())) else { return vec![] };
+    let Ok(entries) = fs::read_dir("/proc") else { return vec![] };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm))
+        .filter(|pid| fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|n| n == ns))
+        .collect()
+}
+
+fn write_owned(path: &Path, text: &str, mode: u32, owner: (u32, u32)) -> io::Result<()> {
+    fs::write(path, text)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    nix::unistd::chown(path, Some(owner.0.into()), Some(owner.1.into())).map_err(io::Error::from)
+}
+
+/// The legacy launch script's shape with this binary as the server.
+fn server_template(exe: &str) -> String {
+    format!(
+        r#"# The relay benchmark's launch script: a legacy Remote-SSH session whose
+# server is the benchmark's sink/echo server. Nothing here reads stdin.
+echo "@ID@: running"
+mkdir -p "$HOME/.bench-relay"
+LOG="$HOME/.bench-relay/server-@ID@.log"
+"{exe}" serve --host=127.0.0.1 --port=0 </dev/null >"$LOG" 2>&1 &
+PORT=
+for _ in $(seq 600); do
+    PORT="$(sed -n 's/^Extension host agent listening on \([0-9]*\)$/\1/p' "$LOG" | head -n 1)"
+    [ -n "$PORT" ] && break
+    sleep 0.05
+done
+ADDR="$(sed -n 's/^bench server at //p' "$LOG" | head -n 1)"
+echo "@ID@: start"
+if [ -n "$PORT" ]; then
+    echo "exitCode==0=="
+    echo "listeningOn==$PORT=="
+    echo "benchServer==$ADDR=="
+else
+    cat "$LOG" >&2
+    echo "exitCode==1=="
+fi
+echo "@ID@: end"
+while true; do sleep 180; printf ' '; done
+"#
+    )
+}
+
+/// The stock legacy launch script with timestamps around the test server's
+/// start, reported as extra `key==value==` lines between the markers.
+fn timed_legacy_template() -> Result<String, String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/scripts/legacy.sh");
+    let stock = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = String::new();
+    let mut found = [false; 3];
+    for line in stock.lines() {
+        if line.starts_with("\"$SERVER_SCRIPT\" --start-server") {
+            out.push_str("BENCH_SERVER_START=$(date +%s.%N)\n");
+            found[0] = true;
+        }
+        if line.starts_with("if [[ -z \"$LISTENING_ON\" ]]; then") {
+            out.push_str("BENCH_SERVER_UP=$(date +%s.%N)\n");
+            found[1] = true;
+        }
+        out.push_str(line);
+        out.push('\n');
+        if line == "echo \"exitCode==0==\"" {
+            out.push_str("echo \"benchServerStart==$BENCH_SERVER_START==\"\n");
+            out.push_str("echo \"benchServerUp==$BENCH_SERVER_UP==\"\n");
+            found[2] = true;
+        }
+    }
+    if found != [true; 3] {
+        return Err(format!(
+            "{} changed shape: cannot add the set-up timestamps ({found:?})",
+            path.display()
+        ));
+    }
+    Ok(out)
+}
+
+/// Starts the helper as srun would, saying when on stderr (which reaches
+/// the client through salloc, the shim and ssh; stdout is VS Code's stream).
+const HELPER_WRAPPER: &str =
+    "#!/bin/sh\necho \"bench-helper-start $(date +%s.%N)\" >&2\nexec vscode-job-helper \"$@\"\n";
+
+struct Files {
+    server_template: &'static str,
+    setup_template: &'static str,
+    helper: String,
+}
+
+fn prepare(lab: &Lab, exe: &str) -> Result<Files, String> {
+    let home = lab.dir.join("home").join(USER);
+    let laptop_home = lab.dir.join("laptop-home").join(USER);
+    let meta = fs::metadata(&home).map_err(|e| format!("{}: {e}", home.display()))?;
+    let owner = (meta.uid(), meta.gid());
+    let dir = home.join(".bench-relay");
+    let result: io::Result<()> = (|| {
+        fs::create_dir_all(&dir)?;
+        nix::unistd::chown(&dir, Some(owner.0.into()), Some(owner.1.into())).map_err(io::Error::from)?;
+        write_owned(&dir.join("helper"), HELPER_WRAPPER, 0o755, owner)?;
+        write_owned(&laptop_home.join("bench-relay-server.sh"), &server_template(exe), 0o644, owner)?;
+        Ok(())
+    })();
+    result.map_err(|e| format!("preparing the lab files: {e}"))?;
+    let timed = timed_legacy_template()?;
+    write_owned(&laptop_home.join("bench-relay-setup.sh"), &timed, 0o644, owner)
+        .map_err(|e| e.to_string())?;
+    Ok(Files {
+        server_template: "bench-relay-server.sh",
+        setup_template: "bench-relay-setup.sh",
+        helper: format!("/home/{USER}/.bench-relay/helper"),
+    })
+}
+
+fn client_argv(template: &str, remote_command: Option<&str>) -> Vec<String> {
+    let mut argv: Vec<String> = [
+        "remote-ssh-client",
+        "--host",
+        "cluster-vscode",
+        "--ssh-config",
+        ".ssh/vscode-slurm.config",
+        "--template",
+        template,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    if let Some(rc) = remote_command {
+        argv.extend(["--ssh-option".to_owned(), format!("RemoteCommand={rc}")]);
+    }
+    argv
+}
+
+fn spawn_client(lab: &Lab, argv: &[String]) -> LineProcess {
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    lab.spawn(Some(USER), "laptop", &argv)
+}
+
+fn expect(client: &mut LineProcess, what: &str, prefix: &str) -> Result<String, String> {
+    let line = client.expect_line(what, OPEN_TIMEOUT, |l| {
+        l.starts_with(prefix) || l.starts_with("error") || l.starts_with("ssh-exited")
+    });
+    if line.starts_with(prefix) {
+        Ok(line)
+    } else {
+        Err(format!(
+            "session failed: {line}\nstdout:\n{}\nstderr:\n{}",
+            client.stdout_seen.join("\n"),
+            client.stderr_seen.join("\n")
+        ))
+    }
+}
+
+fn result_value(client: &LineProcess, key: &str) -> Option<String> {
+    let prefix = format!("result {key}=");
+    client.stdout_seen.iter().find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+}
+
+fn close(mut client: LineProcess, lab: &Lab) {
+    client.send("close");
+    let _ = client.expect_line("`closed`", Duration::from_secs(40), |l| l.starts_with("closed"));
+    wait_until(
+        "the user's jobs to leave the queue",
+        Duration::from_secs(60),
+        || lab.sh_ok(None, "login", &format!("squeue -h -u {USER} -o %i")),
+        |q| q.trim().is_empty(),
+    );
+}
+
+pub fn run(cfg: &Config) -> Result<(Vec<PathReport>, Vec<SetupRun>), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = exe.to_str().ok_or("the benchmark's path is not UTF-8")?.to_owned();
+    let lab_dir = std::env::var("VSCODE_SLURM_LAB").unwrap_or_else(|_| "/var/tmp/vscode-slurm-lab".into());
+    if !PathBuf::from(&lab_dir).join("pids/head").exists() {
+        return Err(format!("the lab at {lab_dir} is not up (tests/bench-relay brings one up)"));
+    }
+    let lab = Lab::get();
+    let files = prepare(&lab, &exe)?;
+
+    eprintln!("lab: opening a session whose job runs the benchmark's server");
+    let mut session = spawn_client(&lab, &client_argv(files.server_template, None));
+    let first = expect(&mut session, "`session`", "session ")?;
+    let socks: u16 = first
+        .rsplit_once("socks=127.0.0.1:")
+        .and_then(|(_, p)| p.trim().parse().ok())
+        .ok_or_else(|| format!("no SOCKS port in {first:?}"))?;
+    let listening = expect(&mut session, "`result listeningOn=`", "result listeningOn=")?;
+    let relay_port: u16 = listening
+        .trim_start_matches("result listeningOn=")
+        .parse()
+        .map_err(|_| format!("bad listeningOn: {listening}"))?;
+    expect(&mut session, "`ready`", "ready")?;
+    let server: std::net::SocketAddr = result_value(&session, "benchServer")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("the session named no bench server:\n{}", session.stdout_seen.join("\n")))?;
+    let shim_pids = lab_pids(&lab, "login", "vscode-shim");
+    let [shim_pid] = shim_pids[..] else {
+        return Err(format!("expected one vscode-shim on login, found {shim_pids:?}"));
+    };
+    let shim = LabShim { pid: shim_pid, port: relay_port };
+    eprintln!(
+        "lab: server {server} on c1, relay port {relay_port} (shim pid {shim_pid}), SOCKS port {socks}"
+    );
+
+    // Below the ephemeral range, so no outgoing connection holds it.
+    let socat_port = 20_000 + (std::process::id() % 12_000) as u16;
+    let spec = procs::listen_spec(socat_port);
+    let target = format!("TCP:{server}");
+    let socat =
+        Socat::start(lab.command(Some(USER), "login", &["socat", &spec, &target]), socat_port, |_| {
+            lab_pids(&lab, "login", "socat")
+        })
+        .map_err(|e| format!("socat on login: {e}"))?;
+
+    let local = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let proxy = local(socks);
+    let relays: [Option<&dyn Relay>; 3] = [None, Some(&shim), Some(&socat)];
+    let mut paths = Vec::new();
+
+    let on_login = LabRunner { lab: &lab, host: "login", exe: exe.clone() };
+    let routes = [Route::Tcp(server), Route::Tcp(local(relay_port)), Route::Tcp(local(socat_port))];
+    let measured = crate::measure(cfg, &on_login, routes, relays, "lab login→c1");
+    eprintln!("lab: footprint with {} idle connections over {:?}", cfg.hold_conns, cfg.idle);
+    let footprint = crate::footprint(cfg, &shim, &socat, |port| {
+        let route = Route::Tcp(local(port)).to_arg();
+        let count = cfg.hold_conns.to_string();
+        let argv =
+            [exe.as_str(), "client", "--route", route.as_str(), "--test", "hold", "--count", count.as_str()];
+        let mut holder = lab.spawn(Some(USER), "login", &argv);
+        let line = holder.expect_line("`held`", Duration::from_secs(30), |l| {
+            l.starts_with("held") || l.starts_with("error")
+        });
+        if line.starts_with("held") {
+            Ok(holder)
+        } else {
+            Err(io::Error::other(line))
+        }
+    })
+    .map_err(|e| format!("lab footprint: {e}"))
+    .map(|fp| Footprint { fresh: false, ..fp })?;
+    paths.push(PathReport {
+        name: "lab login→c1".into(),
+        description: "client on login as the user → relay port on login → server in the job on c1 (lab network)".into(),
+        measured,
+        footprint: Some(footprint),
+    });
+
+    let on_laptop = LabRunner { lab: &lab, host: "laptop", exe: exe.clone() };
+    let via = |target| Route::Socks { proxy, target };
+    let routes = [via(server), via(local(relay_port)), via(local(socat_port))];
+    let measured = crate::measure(cfg, &on_laptop, routes, relays, "lab laptop→ssh→c1");
+    paths.push(PathReport {
+        name: "lab laptop→ssh→c1".into(),
+        description: "client on laptop → the session's ssh -D SOCKS port → sshd on login → (relay) → c1: VS Code's own path".into(),
+        measured,
+        footprint: None,
+    });
+    drop(socat);
+    close(session, &lab);
+
+    let mut setup = Vec::new();
+    for i in 0..cfg.setup_runs {
+        eprintln!("lab: session set-up {}/{}", i + 1, cfg.setup_runs);
+        setup.push(setup_run(&lab, &files)?);
+    }
+    Ok((paths, setup))
+}
+
+/// One stock session (legacy launch script, test server) with timestamps:
+/// ssh start and `listeningOn` arrival here, the helper's start from its
+/// wrapper, the test server's launch and first log line from the script.
+/// All clocks are this machine's one realtime clock.
+fn setup_run(lab: &Lab, files: &Files) -> Result<SetupRun, String> {
+    let remote_command = format!("vscode-shim --helper {} -- --time=10", files.helper);
+    let argv = client_argv(files.setup_template, Some(&remote_command));
+    let ssh_start = now_secs();
+    let mut client = spawn_client(lab, &argv);
+    expect(&mut client, "`result listeningOn=`", "result listeningOn=")?;
+    let listening_at = now_secs();
+    expect(&mut client, "`ready`", "ready")?;
+    client.drain_stderr();
+    let helper_start: f64 = client
+        .stderr_seen
+        .iter()
+        .find_map(|l| l.strip_prefix("bench-helper-start ")?.trim().parse().ok())
+        .ok_or_else(|| {
+            format!("the helper wrapper's timestamp never arrived:\n{}", client.stderr_seen.join("\n"))
+        })?;
+    let stamp = |key: &str| -> Result<f64, String> {
+        result_value(&client, key)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("no {key} from the launch script"))
+    };
+    let (server_start, server_up) = (stamp("benchServerStart")?, stamp("benchServerUp")?);
+    close(client, lab);
+    let helper_to_listening = listening_at - helper_start;
+    let server_own = server_up - server_start;
+    Ok(SetupRun {
+        ssh_to_helper_ms: (helper_start - ssh_start) * 1000.0,
+        helper_to_listening_ms: helper_to_listening * 1000.0,
+        server_start_ms: server_own * 1000.0,
+        overhead_ms: (helper_to_listening - server_own) * 1000.0,
+    })
+}

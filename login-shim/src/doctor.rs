@@ -1,0 +1,225 @@
+//! `vscode-shim doctor`: checks on the login node what a session needs, and
+//! says how to fix what is missing.
+
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+/// Checks on the login node that VS Code sessions in jobs can work, and prints fixes.
+///
+/// Checks that the Slurm commands and vscode-job-helper are on PATH, that
+/// salloc knows --vscode (the spank_vscode plugin is loaded), and that a
+/// tiny `salloc --vscode` job runs the helper on a compute node with the
+/// plugin's environment. Exit status: 0 if every check is ok, 1 otherwise.
+#[derive(Debug, Parser)]
+#[command(name = "doctor")]
+pub struct DoctorArgs {
+    /// The helper program, as vscode-shim's --helper.
+    #[arg(long, value_name = "PATH", default_value = "vscode-job-helper")]
+    pub helper: PathBuf,
+
+    /// The salloc program.
+    #[arg(long, value_name = "PATH", default_value = "salloc")]
+    pub salloc: PathBuf,
+
+    /// How long the test job may take, queueing included.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub wait: u64,
+
+    /// Skip the test job (only the checks on this node).
+    #[arg(long)]
+    pub no_job: bool,
+
+    /// Arguments for the test job's salloc, e.g. `--partition=debug`.
+    #[arg(last = true, value_name = "SALLOC_ARGS")]
+    pub salloc_args: Vec<String>,
+}
+
+struct Check {
+    name: String,
+    result: Result<String, (String, String)>,
+}
+
+impl Check {
+    fn print(&self) {
+        match &self.result {
+            Ok(detail) => println!("ok    {}: {detail}", self.name),
+            Err((why, fix)) => {
+                println!("FAIL  {}: {why}", self.name);
+                println!("      fix: {fix}");
+            }
+        }
+    }
+}
+
+/// Runs `doctor`; returns the exit code.
+pub fn run(args: &DoctorArgs) -> i32 {
+    let mut failed = 0;
+    let mut report = |check: Check| {
+        check.print();
+        if check.result.is_err() {
+            failed += 1;
+        }
+    };
+
+    for program in ["salloc", "srun", "squeue", "scancel"] {
+        let program = if program == "salloc" { args.salloc.as_os_str() } else { OsStr::new(program) };
+        report(found(program, "install the Slurm client commands on this login node, or add them to PATH"));
+    }
+    report(found(
+        args.helper.as_os_str(),
+        "install vscode-job-helper (package vscode-slurm-slurmXX.YY) in /usr/bin on login and compute nodes",
+    ));
+    let plugin = plugin_loaded(&args.salloc);
+    let plugin_ok = plugin.result.is_ok();
+    report(plugin);
+    if args.no_job {
+        println!("skip  helper in a job: --no-job");
+    } else if !plugin_ok {
+        println!("skip  helper in a job: needs the plugin");
+    } else {
+        report(helper_in_job(args));
+    }
+    if failed == 0 {
+        println!("all checks ok");
+        0
+    } else {
+        println!("{failed} check(s) failed");
+        1
+    }
+}
+
+fn found(program: &OsStr, fix: &str) -> Check {
+    let name = format!("{} found", Path::new(program).display());
+    let result = match which(program) {
+        Some(path) => Ok(path.display().to_string()),
+        None => Err(("not on PATH".to_owned(), fix.to_owned())),
+    };
+    Check { name, result }
+}
+
+/// Where a program would be run from: itself if it has a slash, else PATH.
+fn which(program: &OsStr) -> Option<PathBuf> {
+    let path = Path::new(program);
+    if path.components().count() > 1 {
+        return is_executable(path).then(|| path.to_path_buf());
+    }
+    let dirs = std::env::var_os("PATH")?;
+    std::env::split_paths(&dirs).map(|dir| dir.join(program)).find(|p| is_executable(p))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+fn plugin_loaded(salloc: &Path) -> Check {
+    let name = "plugin loaded".to_owned();
+    let fix = "add `required /usr/lib/x86_64-linux-gnu/slurm-wlm/spank_vscode.so` (rpm: /usr/lib64/slurm/) to \
+               plugstack.conf or plugstack.conf.d/vscode.conf on every node, built for this Slurm release \
+               (see spank_vscode(8))"
+        .to_owned();
+    let result = match Command::new(salloc).arg("--help").stdin(Stdio::null()).stderr(Stdio::piped()).output() {
+        Err(e) => Err((format!("cannot run {} --help: {e}", salloc.display()), fix)),
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let errors = String::from_utf8_lossy(&out.stderr);
+            if text.lines().any(|l| l.trim_start().starts_with("--vscode")) {
+                Ok("salloc --help lists --vscode".to_owned())
+            } else if let Some(line) = errors.lines().find(|l| l.contains("vscode") || l.contains("spank")) {
+                Err((format!("salloc --help does not list --vscode ({})", line.trim()), fix))
+            } else {
+                Err(("salloc --help does not list --vscode".to_owned(), fix))
+            }
+        }
+    };
+    Check { name, result }
+}
+
+/// A tiny job: the step must see the plugin's bind address and run the helper.
+fn helper_in_job(args: &DoctorArgs) -> Check {
+    let name = "helper in a job".to_owned();
+    let helper = args.helper.display().to_string().replace('\'', "");
+    let script = format!(
+        "echo \"vscode-doctor bind=${{VSCODE_SLURM_BIND_ADDR:-}} node=$(hostname)\"; \
+         '{helper}' --version >/dev/null 2>&1 && echo vscode-doctor helper=ok"
+    );
+    let mut command = Command::new(&args.salloc);
+    command
+        .args(["--vscode", "--nodes=1", "--time=2", "--job-name=vscode-doctor"])
+        .args(&args.salloc_args)
+        .args(["srun", "--nodes=1", "--ntasks=1", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return Check {
+                name,
+                result: Err((format!("cannot run {}: {e}", args.salloc.display()), "see above".to_owned())),
+            }
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(args.wait);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            _ => break None,
+        }
+    };
+    let Some(status) = status else {
+        // salloc cancels its job when it is told to stop.
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
+        }
+        let _ = child.wait();
+        return Check {
+            name,
+            result: Err((
+                format!("the test job did not finish within {}s (still queued?)", args.wait),
+                "retry with a larger --wait, or give a partition with free nodes after --".to_owned(),
+            )),
+        };
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    child.stdout.take().map(|mut s| s.read_to_string(&mut out));
+    child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+    let field = |key: &str| {
+        out.lines()
+            .filter_map(|l| l.strip_prefix("vscode-doctor "))
+            .flat_map(str::split_whitespace)
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let last_error = err.lines().rev().find(|l| l.contains("error")).unwrap_or("").trim().to_owned();
+    let result = match (field("node"), field("bind"), field("helper")) {
+        (None, _, _) => Err((
+            format!("the test job did not run ({status}{})", if last_error.is_empty() { "" } else { ": " })
+                + &last_error,
+            "check the salloc arguments after --, and that `salloc --vscode -N1 srun hostname` works".to_owned(),
+        )),
+        (Some(node), Some(bind), _) if bind.is_empty() => Err((
+            format!("the job on {node} has no VSCODE_SLURM_BIND_ADDR"),
+            format!("the plugin must be loaded on the compute nodes too (plugstack.conf on {node})"),
+        )),
+        (Some(node), _, None) => Err((
+            format!("{} does not run on {node}", args.helper.display()),
+            format!("install vscode-job-helper on {node} (on PATH of jobs, e.g. /usr/bin)"),
+        )),
+        (Some(node), Some(bind), Some(_)) => Ok(format!("ran on {node}, bind address {bind}")),
+        (Some(node), None, Some(_)) => Err((
+            format!("the job on {node} has no VSCODE_SLURM_BIND_ADDR"),
+            "the plugin must be loaded on the compute nodes too".to_owned(),
+        )),
+    };
+    Check { name, result }
+}
