@@ -120,11 +120,13 @@ fn is_executable(path: &Path) -> bool {
 
 fn plugin_loaded(salloc: &Path) -> Check {
     let name = "plugin loaded".to_owned();
-    let fix = "add `required /usr/lib/x86_64-linux-gnu/slurm-wlm/spank_vscode.so` (rpm: /usr/lib64/slurm/) to \
+    let fix =
+        "add `required /usr/lib/x86_64-linux-gnu/slurm-wlm/spank_vscode.so` (rpm: /usr/lib64/slurm/) to \
                plugstack.conf or plugstack.conf.d/vscode.conf on every node, built for this Slurm release \
                (see spank_vscode(8))"
-        .to_owned();
-    let result = match Command::new(salloc).arg("--help").stdin(Stdio::null()).stderr(Stdio::piped()).output() {
+            .to_owned();
+    let result = match Command::new(salloc).arg("--help").stdin(Stdio::null()).stderr(Stdio::piped()).output()
+    {
         Err(e) => Err((format!("cannot run {} --help: {e}", salloc.display()), fix)),
         Ok(out) => {
             let text = String::from_utf8_lossy(&out.stdout);
@@ -205,7 +207,8 @@ fn helper_in_job(args: &DoctorArgs) -> Check {
         (None, _, _) => Err((
             format!("the test job did not run ({status}{})", if last_error.is_empty() { "" } else { ": " })
                 + &last_error,
-            "check the salloc arguments after --, and that `salloc --vscode -N1 srun hostname` works".to_owned(),
+            "check the salloc arguments after --, and that `salloc --vscode -N1 srun hostname` works"
+                .to_owned(),
         )),
         (Some(node), Some(bind), _) if bind.is_empty() => Err((
             format!("the job on {node} has no VSCODE_SLURM_BIND_ADDR"),

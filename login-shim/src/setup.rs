@@ -139,8 +139,7 @@ pub fn host_block(args: &SetupArgs) -> String {
 /// Quotes a word for the login node's shell, and doubles `%` (ssh expands
 /// `%` tokens in RemoteCommand).
 fn remote_command_word(arg: &str) -> String {
-    let safe = !arg.is_empty()
-        && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_=:,./+@%".contains(c));
+    let safe = !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_=:,./+@%".contains(c));
     let quoted = if safe { arg.to_owned() } else { format!("'{}'", arg.replace('\'', r"'\''")) };
     quoted.replace('%', "%%")
 }

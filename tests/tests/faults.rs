@@ -38,6 +38,15 @@ fn ssh_exit(client: &mut LineProcess, within: Duration) -> i32 {
     line.trim_start_matches("ssh-exited ").parse().unwrap_or_else(|_| panic!("bad line {line}"))
 }
 
+/// Injects a fault and checks the shim, which VS Code's ssh waits on, exits
+/// non-zero within [`SHIM_EXIT`] of it.
+fn fault_ends_the_shim(client: &mut LineProcess, inject: impl FnOnce(&mut LineProcess)) {
+    let started = Instant::now();
+    inject(client);
+    let code = ssh_exit(client, SHIM_EXIT);
+    assert!(started.elapsed() <= SHIM_EXIT && code != 0, "exit {code} after {:?}", started.elapsed());
+}
+
 /// The one line that explains the end, containing every word of `words`.
 fn assert_one_line(client: &mut LineProcess, words: &[&str]) -> String {
     let lines = shim_lines(client);
@@ -63,10 +72,9 @@ fn scancel_mid_session() {
     let lab = Lab::get();
     let mut session = open(&lab, "scancel", "--time=10", None);
     let job = session.job_id();
-    let started = Instant::now();
-    lab.sh_ok(Some("alice"), "login", &format!("scancel {job}"));
-    let code = ssh_exit(&mut session.client, SHIM_EXIT);
-    assert!(started.elapsed() <= SHIM_EXIT && code != 0, "exit {code} after {:?}", started.elapsed());
+    fault_ends_the_shim(&mut session.client, |_| {
+        lab.sh_ok(Some("alice"), "login", &format!("scancel {job}"));
+    });
     assert_one_line(&mut session.client, &[&format!("job {job}"), "CANCELLED", "reconnect"]);
     assert_nothing_left(&lab, "alice", job, LEFTOVERS);
 }
@@ -101,10 +109,9 @@ fn salloc_killed() {
     let mut session = open(&lab, "kill-salloc", "--time=10", None);
     let job = session.job_id();
     let salloc = pid_of(&lab, "login", "^salloc --vscode");
-    let started = Instant::now();
-    lab.sh_ok(None, "login", &format!("kill -KILL {salloc}"));
-    let code = ssh_exit(&mut session.client, SHIM_EXIT);
-    assert!(started.elapsed() <= SHIM_EXIT && code != 0, "exit {code} after {:?}", started.elapsed());
+    fault_ends_the_shim(&mut session.client, |_| {
+        lab.sh_ok(None, "login", &format!("kill -KILL {salloc}"));
+    });
     assert_one_line(
         &mut session.client,
         &[&format!("job {job}"), "salloc", "killed", "cancelled", "reconnect"],
@@ -119,10 +126,9 @@ fn helper_killed() {
     let job = session.job_id();
     let node = session.node();
     let helper = pid_of(&lab, &node, "^/usr/local/bin/vscode-job-helper");
-    let started = Instant::now();
-    lab.sh_ok(None, &node, &format!("kill -KILL {helper}"));
-    let code = ssh_exit(&mut session.client, SHIM_EXIT);
-    assert!(started.elapsed() <= SHIM_EXIT && code != 0, "exit {code} after {:?}", started.elapsed());
+    fault_ends_the_shim(&mut session.client, |_| {
+        lab.sh_ok(None, &node, &format!("kill -KILL {helper}"));
+    });
     assert_one_line(&mut session.client, &[&format!("job {job}"), "ended", "reconnect"]);
     // The script's processes outlive the helper; the epilog ends them.
     assert_nothing_left(&lab, "alice", job, LEFTOVERS);
@@ -298,10 +304,9 @@ fn server_dies_while_vscode_keeps_connecting() {
     let node = session.node();
     let server = session.field("pid");
     lab.sh_ok(None, &node, &format!("kill -KILL {server}"));
-    let started = Instant::now();
-    session.client.send("get");
-    let code = ssh_exit(&mut session.client, SHIM_EXIT);
-    assert!(started.elapsed() <= SHIM_EXIT && code != 0, "exit {code} after {:?}", started.elapsed());
+    fault_ends_the_shim(&mut session.client, |client| {
+        client.send("get");
+    });
     assert_one_line(&mut session.client, &["server", "refused", &format!("job {job}"), "reconnect"]);
     assert_nothing_left(&lab, "alice", job, LEFTOVERS);
 }
