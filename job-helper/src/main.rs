@@ -3,6 +3,7 @@
 //! server's `listeningOn` line becomes an endpoint control line for
 //! `vscode-shim` plus the relay's port on the way out.
 
+mod keeper;
 mod logging;
 mod shell;
 mod socket_bridge;
@@ -12,21 +13,20 @@ use std::env::VarError;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::error::ErrorKind;
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Parser, Subcommand};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::process::ChildStdin;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use vscode_job_helper::bind_rewrite::BindRewriter;
 use vscode_job_helper::listening::{Listening, ListeningScanner, Piece, Reach, Target};
 use vscode_slurm_protocol::{self as protocol, env, ControlMessage, Nonce};
 
+use crate::keeper::client::{Event, KeptShell};
 use crate::shell::Shell;
 use crate::socket_bridge::Peers;
 
@@ -68,9 +68,46 @@ struct Cli {
     #[arg(long, value_name = "ADDR")]
     bind_addr: Option<IpAddr>,
 
+    /// Have the job's keeper start the shell, so that it and the server it
+    /// starts outlive this window (set by vscode-shim for every window).
+    #[arg(long)]
+    through_keeper: bool,
+
     /// Print a man page or a completion script (man, bash, zsh, fish), for packaging.
     #[arg(long, value_name = "WHAT", hide = true)]
     generate: Option<String>,
+
+    #[command(subcommand)]
+    command: Option<Mode>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Hold the job while windows are attached, then for its linger time;
+    /// warn before the time limit. vscode-shim submits this as the job's batch script.
+    Keep {
+        /// Warn this long before the time limit (comma-separated, e.g. 10m,2m).
+        #[arg(long, value_name = "DURATIONS", default_value = "10m,2m", value_parser = parse_durations)]
+        warn_before: Durations,
+
+        /// The squeue program.
+        #[arg(long, value_name = "PATH", default_value = "squeue", hide = true)]
+        squeue: PathBuf,
+
+        /// The scontrol program.
+        #[arg(long, value_name = "PATH", default_value = "scontrol", hide = true)]
+        scontrol: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Durations(Vec<Duration>);
+
+fn parse_durations(text: &str) -> Result<Durations, String> {
+    if text.trim() == "none" {
+        return Ok(Durations(Vec::new()));
+    }
+    text.split(',').map(protocol::duration::parse).collect::<Result<_, _>>().map(Durations)
 }
 
 impl Cli {
@@ -191,12 +228,24 @@ fn main() {
         let path = log_file.as_deref().unwrap_or(Path::new("")).display();
         fail(format_args!("cannot open the log file {path}: {e}"));
     }
-    let session = Session::from_env(&cli).unwrap_or_else(|message| fail(format_args!("{message}")));
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => fail(format_args!("cannot start the async runtime: {e}")),
     };
-    let code = runtime.block_on(run(&cli.shell, session));
+    if let Some(Mode::Keep { warn_before, squeue, scontrol }) = cli.command {
+        let options = keeper::KeepOptions { warn_before: warn_before.0, squeue, scontrol };
+        std::process::exit(runtime.block_on(keeper::run(options)));
+    }
+    let session = Session::from_env(&cli).unwrap_or_else(|message| fail(format_args!("{message}")));
+    let keeper_dir = cli.through_keeper.then(|| {
+        std::env::var_os(env::RUNTIME_DIR).map(PathBuf::from).unwrap_or_else(|| {
+            fail(format_args!(
+                "{} is not set: --through-keeper needs a job submitted with --vscode",
+                env::RUNTIME_DIR
+            ))
+        })
+    });
+    let code = runtime.block_on(run(&cli.shell, session, keeper_dir));
     // Not returning: the runtime would wait for the blocking read of our
     // stdin, which may never end.
     std::process::exit(code)
@@ -211,20 +260,86 @@ fn expand_pid(path: &Path) -> PathBuf {
 enum End {
     StdinClosed,
     StdoutClosed,
-    ShellExited(io::Result<ExitStatus>),
+    ShellExited(io::Result<i32>),
     Signal(i32),
 }
 
-async fn run(shell_path: &Path, session: Session) -> i32 {
+/// The launch script's shell: our child, or the keeper's (see `keeper`).
+enum Script {
+    Here(Shell),
+    Kept(KeptShell),
+}
+
+type Input = Box<dyn AsyncWrite + Unpin + Send>;
+type Output = Box<dyn AsyncRead + Unpin + Send>;
+
+impl Script {
+    async fn start(program: &Path, keeper_dir: Option<&Path>) -> io::Result<(Script, Input, Output, Output)> {
+        match keeper_dir {
+            None => {
+                let (shell, stdin, stdout, stderr) = Shell::spawn(program)?;
+                Ok((Script::Here(shell), Box::new(stdin), Box::new(stdout), Box::new(stderr)))
+            }
+            Some(dir) => {
+                let (kept, streams) = keeper::client::spawn(program, dir).await?;
+                tracing::debug!("the keeper started {} as pid {}", program.display(), kept.pid);
+                Ok((
+                    Script::Kept(kept),
+                    Box::new(streams.stdin),
+                    Box::new(streams.stdout),
+                    Box::new(streams.stderr),
+                ))
+            }
+        }
+    }
+
+    /// The shell's exit code; notices from the keeper go to `notices` meanwhile.
+    async fn wait(&mut self, notices: &mpsc::UnboundedSender<String>) -> io::Result<i32> {
+        match self {
+            Script::Here(shell) => shell.wait().await.map(shell::exit_code),
+            Script::Kept(kept) => loop {
+                match kept.next().await {
+                    Event::Exited(code) => return Ok(code),
+                    Event::Notice(text) => {
+                        let _ = notices.send(text);
+                    }
+                    Event::KeeperGone => {
+                        return Err(io::Error::other("the job's keeper is gone: the job is ending"))
+                    }
+                }
+            },
+        }
+    }
+
+    /// A shell of ours ends with its whole group; a kept one is left to the
+    /// keeper, because the server it started must outlive this window.
+    async fn end(&mut self) {
+        if let Script::Here(shell) = self {
+            shell.end_group(GRACE).await;
+        }
+    }
+}
+
+async fn run(shell_path: &Path, session: Session, keeper_dir: Option<PathBuf>) -> i32 {
     let signals = [SignalKind::terminate(), SignalKind::hangup(), SignalKind::interrupt()].map(signal);
     let [Ok(mut term), Ok(mut hup), Ok(mut int)] = signals else {
         tracing::error!("cannot handle signals");
         return 1;
     };
-    let (mut shell, shell_in, shell_out, mut shell_err) = match Shell::spawn(shell_path) {
-        Ok(spawned) => spawned,
-        Err(e) => fail(format_args!("cannot start the shell {}: {e}; check --shell", shell_path.display())),
-    };
+    let (mut shell, shell_in, shell_out, mut shell_err) =
+        match Script::start(shell_path, keeper_dir.as_deref()).await {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                fail(format_args!("cannot start the shell {}: {e}; check --shell", shell_path.display()))
+            }
+        };
+    let (notices_tx, notices) = mpsc::unbounded_channel();
+    // Before any of the script's output: the shim holds the script back until it sees this.
+    let mut stdout = tokio::io::stdout();
+    let ready = protocol::encode(&session.nonce, &ControlMessage::Ready);
+    if stdout.write_all(&ready).await.and(stdout.flush().await).is_err() {
+        tracing::info!("our stdout is gone before the script started");
+    }
     let rewrites = Arc::new(AtomicUsize::new(0));
     let stdin_task = tokio::spawn(pump_stdin(
         tokio::io::stdin(),
@@ -238,7 +353,7 @@ async fn run(shell_path: &Path, session: Session) -> i32 {
     let (broken_tx, broken_rx) = oneshot::channel();
     let announcer = Announcer { session, rewrites, bridges: HashMap::new() };
     let mut stdout_task = tokio::spawn(async move {
-        if let Err(e) = pump_stdout(shell_out, tokio::io::stdout(), announcer).await {
+        if let Err(e) = pump_stdout(shell_out, tokio::io::stdout(), announcer, notices).await {
             tracing::debug!("our stdout is gone: {e}");
             let _ = broken_tx.send(());
         }
@@ -246,7 +361,7 @@ async fn run(shell_path: &Path, session: Session) -> i32 {
 
     let end = tokio::select! {
         _ = stdin_task => End::StdinClosed,
-        status = shell.wait() => End::ShellExited(status),
+        status = shell.wait(&notices_tx) => End::ShellExited(status),
         Ok(()) = broken_rx => End::StdoutClosed,
         _ = term.recv() => End::Signal(libc::SIGTERM),
         _ = hup.recv() => End::Signal(libc::SIGHUP),
@@ -261,9 +376,9 @@ async fn run(shell_path: &Path, session: Session) -> i32 {
             tracing::info!("stdout closed: ending the launch script");
             0
         }
-        End::ShellExited(Ok(status)) => {
-            tracing::info!("the launch script's shell exited ({status}): ending what it started");
-            shell::exit_code(*status)
+        End::ShellExited(Ok(code)) => {
+            tracing::info!("the launch script's shell exited ({code}): ending what it started");
+            *code
         }
         End::ShellExited(Err(e)) => {
             tracing::error!("cannot wait for the launch script's shell: {e}");
@@ -274,8 +389,12 @@ async fn run(shell_path: &Path, session: Session) -> i32 {
             128 + number
         }
     };
-    shell.end_group(GRACE).await;
-    if !matches!(end, End::StdoutClosed) && tokio::time::timeout(DRAIN, &mut stdout_task).await.is_err() {
+    shell.end().await;
+    let kept = matches!(shell, Script::Kept(_));
+    if !matches!(end, End::StdoutClosed)
+        && tokio::time::timeout(DRAIN, &mut stdout_task).await.is_err()
+        && !kept
+    {
         tracing::warn!("output of the launch script still open after its processes ended; dropping it");
     }
     let _ = tokio::time::timeout(DRAIN, &mut stderr_task).await;
@@ -286,7 +405,7 @@ async fn run(shell_path: &Path, session: Session) -> i32 {
 /// shell's stdin is closed.
 async fn pump_stdin(
     mut from: impl AsyncRead + Unpin,
-    to: ChildStdin,
+    to: Input,
     mut rewriter: BindRewriter,
     rewrites: Arc<AtomicUsize>,
 ) {
@@ -312,7 +431,7 @@ async fn pump_stdin(
 
 /// Once the shell stops reading, the rest of our stdin is only watched for
 /// its end.
-async fn forward(to: &mut Option<ChildStdin>, bytes: &[u8]) {
+async fn forward(to: &mut Option<Input>, bytes: &[u8]) {
     let Some(pipe) = to else { return };
     if bytes.is_empty() {
         return;
@@ -325,27 +444,53 @@ async fn forward(to: &mut Option<ChildStdin>, bytes: &[u8]) {
 
 /// Shell stdout → scanner → our stdout, flushed after every read because
 /// VS Code acts on each line as it comes. Err only when writing fails.
+///
+/// Notices become control lines for the shim, but only between lines of the
+/// script's output (a control line is recognised only at a line start);
+/// while a line is unfinished they go to stderr instead, which also reaches
+/// the user through the shim.
 async fn pump_stdout(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     mut announcer: Announcer,
+    mut notices: mpsc::UnboundedReceiver<String>,
 ) -> io::Result<()> {
     let mut scanner = ListeningScanner::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut at_line_start = true;
+    let mut notices_open = true;
     loop {
-        let n = from.read(&mut buf).await.unwrap_or_else(|e| {
-            tracing::warn!("reading the launch script's output: {e}");
-            0
-        });
+        let n = tokio::select! {
+            read = from.read(&mut buf) => read.unwrap_or_else(|e| {
+                tracing::warn!("reading the launch script's output: {e}");
+                0
+            }),
+            notice = notices.recv(), if notices_open => {
+                match notice {
+                    Some(text) if at_line_start => {
+                        let message = ControlMessage::Notice(text);
+                        to.write_all(&protocol::encode(&announcer.session.nonce, &message)).await?;
+                        to.flush().await?;
+                    }
+                    Some(text) => tracing::warn!("{text}"),
+                    None => notices_open = false,
+                }
+                continue;
+            }
+        };
         if n == 0 {
             to.write_all(&scanner.finish()).await?;
             return to.flush().await;
         }
         for piece in scanner.feed(&buf[..n]) {
-            match piece {
-                Piece::Data(data) => to.write_all(&data).await?,
-                Piece::Listening(listening) => to.write_all(&announcer.announce(listening).await).await?,
+            let bytes = match piece {
+                Piece::Data(data) => data,
+                Piece::Listening(listening) => announcer.announce(listening).await,
+            };
+            if let Some(&last) = bytes.last() {
+                at_line_start = last == b'\n';
             }
+            to.write_all(&bytes).await?;
         }
         to.flush().await?;
     }

@@ -60,7 +60,12 @@ impl Helper {
                 }
             }
         });
-        Helper { child, stdin: Some(stdin), lines }
+        let helper = Helper { child, stdin: Some(stdin), lines };
+        // Before anything of the script: the shim waits for this line.
+        let nonce = Nonce::parse(NONCE).unwrap();
+        let ready = String::from_utf8(encode(&nonce, &ControlMessage::Ready)).unwrap();
+        assert_eq!(helper.next_line(), ready.trim_end(), "the ready line comes first");
+        helper
     }
 
     fn next_line(&self) -> String {
@@ -225,6 +230,9 @@ fn helper_killed_outright_leaves_no_one_holding_the_steps_output() {
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
     assert_eq!(line, "to-stderr\n", "the script's stderr is passed on");
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.contains(" ready"), "the ready line first: {line}");
     line.clear();
     stdout.read_line(&mut line).unwrap();
     let leftover: u32 = line.trim().parse().expect("pid of the background sleep");

@@ -26,9 +26,29 @@ pub struct Cli {
     #[arg(long, value_name = "PORT", default_value_t = 0)]
     pub listen_port: u16,
 
-    /// Name of the Slurm job.
-    #[arg(long, value_name = "NAME", default_value = "vscode")]
+    /// The session's profile: a window joins the user's running job of this
+    /// profile (from any login node) instead of queueing a new one. The job
+    /// is named vscode:PROFILE. Default: derived from the salloc arguments.
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+
+    /// How long the job stays after its last window closes (e.g. 30m; 0 ends
+    /// it at once), capped by the site's maximum. Default: the site's.
+    #[arg(long, value_name = "DURATION", value_parser = parse_linger)]
+    pub linger: Option<Duration>,
+
+    /// One job per connection, started with salloc and held by this
+    /// process: never joined by another window, never lingering.
+    #[arg(long, conflicts_with_all = ["profile", "linger"])]
+    pub no_profile: bool,
+
+    /// Name of the Slurm job with --no-profile.
+    #[arg(long, value_name = "NAME", default_value = "vscode", requires = "no_profile")]
     pub job_name: String,
+
+    /// When to warn before the job's time limit, e.g. 10m,2m (the default), or none.
+    #[arg(long, value_name = "DURATIONS", value_parser = parse_warnings)]
+    pub warn_before: Option<String>,
 
     /// The salloc program.
     #[arg(long, value_name = "PATH", default_value = "salloc")]
@@ -78,6 +98,14 @@ pub struct Cli {
     #[arg(long, value_name = "PATH", default_value = "squeue", hide = true)]
     pub squeue: PathBuf,
 
+    /// The sbatch program (for tests without Slurm).
+    #[arg(long, value_name = "PATH", default_value = "sbatch", hide = true)]
+    pub sbatch: PathBuf,
+
+    /// The srun program (for tests without Slurm).
+    #[arg(long, value_name = "PATH", default_value = "srun", hide = true)]
+    pub srun: PathBuf,
+
     /// The scontrol program (for tests without Slurm).
     #[arg(long, value_name = "PATH", default_value = "scontrol", hide = true)]
     pub scontrol: PathBuf,
@@ -101,6 +129,11 @@ impl Cli {
         }
     }
 
+    /// Whether the session joins or keeps a job of a profile.
+    pub fn persistent(&self) -> bool {
+        !self.no_profile
+    }
+
     pub fn connect_wait(&self) -> Duration {
         Duration::from_secs(self.connect_wait)
     }
@@ -108,6 +141,19 @@ impl Cli {
     pub fn poll_interval(&self) -> Duration {
         Duration::from_secs(self.poll_interval)
     }
+}
+
+fn parse_linger(text: &str) -> Result<Duration, String> {
+    vscode_slurm_protocol::duration::parse(text)
+}
+
+fn parse_warnings(text: &str) -> Result<String, String> {
+    if text != "none" {
+        for part in text.split(',') {
+            vscode_slurm_protocol::duration::parse(part)?;
+        }
+    }
+    Ok(text.to_owned())
 }
 
 fn one_line_error(rendered: &str) -> String {
@@ -162,6 +208,22 @@ mod tests {
         assert!(!line.contains('\n'));
         assert!(line.starts_with("vscode-shim: unexpected argument '--bogus'"), "{line}");
         assert!(line.ends_with("; see 'vscode-shim --help'"));
+    }
+
+    #[test]
+    fn bad_durations_are_one_clear_line() {
+        let e = parse(&["--linger", "10", "--"]).unwrap_err();
+        let line = one_line_error(&e.render().to_string());
+        assert!(line.contains("'10' has no unit"), "{line}");
+        assert!(line.contains("--linger"), "{line}");
+        assert!(!line.contains('\n'));
+        assert!(parse(&["--warn-before", "2m,x", "--"]).is_err());
+        let cli = parse(&["--linger", "1h30m", "--warn-before", "2m,1m", "--"]).unwrap();
+        assert_eq!(cli.linger, Some(Duration::from_secs(5400)));
+        assert!(cli.persistent());
+        assert!(parse(&["--"]).unwrap().persistent());
+        assert!(!parse(&["--no-profile", "--"]).unwrap().persistent());
+        assert!(parse(&["--no-profile", "--profile", "x", "--"]).is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use clap::Parser;
 /// tiny `salloc --vscode` job runs the helper on a compute node with the
 /// plugin's environment. Exit status: 0 if every check is ok, 1 otherwise.
 #[derive(Debug, Parser)]
-#[command(name = "doctor")]
+#[command(name = "doctor", bin_name = "vscode-shim doctor")]
 pub struct DoctorArgs {
     /// The helper program, as vscode-shim's --helper.
     #[arg(long, value_name = "PATH", default_value = "vscode-job-helper")]
@@ -73,7 +73,7 @@ pub fn run(args: &DoctorArgs) -> i32 {
     }
     report(found(
         args.helper.as_os_str(),
-        "install vscode-job-helper (package vscode-slurm-slurmXX.YY) in /usr/bin on login and compute nodes",
+        "install the vscode-slurm package for this Slurm release (it puts vscode-job-helper in /usr/bin) on login and compute nodes",
     ));
     let plugin = plugin_loaded(&args.salloc);
     let plugin_ok = plugin.result.is_ok();
@@ -96,9 +96,11 @@ pub fn run(args: &DoctorArgs) -> i32 {
 
 fn found(program: &OsStr, fix: &str) -> Check {
     let name = format!("{} found", Path::new(program).display());
+    let missing =
+        if Path::new(program).components().count() > 1 { "not an executable file" } else { "not on PATH" };
     let result = match which(program) {
         Some(path) => Ok(path.display().to_string()),
-        None => Err(("not on PATH".to_owned(), fix.to_owned())),
+        None => Err((missing.to_owned(), fix.to_owned())),
     };
     Check { name, result }
 }
@@ -120,11 +122,15 @@ fn is_executable(path: &Path) -> bool {
 
 fn plugin_loaded(salloc: &Path) -> Check {
     let name = "plugin loaded".to_owned();
-    let fix =
+    let package = match slurm_release(salloc) {
+        Some(release) => format!("vscode-slurm-slurm{release}"),
+        None => "vscode-slurm-slurmXX.YY for this Slurm release".to_owned(),
+    };
+    let fix = format!(
         "add `required /usr/lib/x86_64-linux-gnu/slurm-wlm/spank_vscode.so` (rpm: /usr/lib64/slurm/) to \
-               plugstack.conf or plugstack.conf.d/vscode.conf on every node, built for this Slurm release \
-               (see spank_vscode(8))"
-            .to_owned();
+         plugstack.conf or plugstack.conf.d/vscode.conf on every node, from the package {package} \
+         (see spank_vscode(8))"
+    );
     let result = match Command::new(salloc).arg("--help").stdin(Stdio::null()).stderr(Stdio::piped()).output()
     {
         Err(e) => Err((format!("cannot run {} --help: {e}", salloc.display()), fix)),
@@ -133,6 +139,12 @@ fn plugin_loaded(salloc: &Path) -> Check {
             let errors = String::from_utf8_lossy(&out.stderr);
             if text.lines().any(|l| l.trim_start().starts_with("--vscode")) {
                 Ok("salloc --help lists --vscode".to_owned())
+            } else if let Some(line) = errors.lines().find(|l| l.contains("Incompatible Slurm plugin")) {
+                // Slurm: "plugin_load_from_file: Incompatible Slurm plugin PATH version (23.11.5)".
+                Err((
+                    format!("the plugin is built for another Slurm release ({})", line.trim()),
+                    format!("install {package} (built for this Slurm) on every node instead"),
+                ))
             } else if let Some(line) = errors.lines().find(|l| l.contains("vscode") || l.contains("spank")) {
                 Err((format!("salloc --help does not list --vscode ({})", line.trim()), fix))
             } else {
@@ -141,6 +153,24 @@ fn plugin_loaded(salloc: &Path) -> Check {
         }
     };
     Check { name, result }
+}
+
+/// This Slurm's major.minor from `sinfo --version` ("slurm-wlm 22.05.8"),
+/// which loads no SPANK plugin and so answers even when the plugstack is
+/// broken (salloc then prints nothing); `salloc` if there is no sinfo. The
+/// package is named after it.
+fn slurm_release(salloc: &Path) -> Option<String> {
+    [OsStr::new("sinfo"), salloc.as_os_str()].into_iter().find_map(release_of)
+}
+
+fn release_of(program: &OsStr) -> Option<String> {
+    let out =
+        Command::new(program).arg("--version").stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().nth(1)?;
+    let mut parts = version.split('.');
+    let (major, minor) = (parts.next()?, parts.next()?);
+    (major.parse::<u32>().is_ok() && minor.parse::<u32>().is_ok()).then(|| format!("{major}.{minor}"))
 }
 
 /// A tiny job: the step must see the plugin's bind address and run the helper.
@@ -169,6 +199,18 @@ fn helper_in_job(args: &DoctorArgs) -> Check {
             }
         }
     };
+    // Read both pipes while waiting: a chatty salloc must not block on a full pipe.
+    let read_all = |stream: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut stream) = stream {
+                let _ = stream.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = read_all(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let stderr = read_all(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
     let deadline = Instant::now() + Duration::from_secs(args.wait);
     let status = loop {
         match child.try_wait() {
@@ -191,10 +233,8 @@ fn helper_in_job(args: &DoctorArgs) -> Check {
             )),
         };
     };
-    let mut out = String::new();
-    let mut err = String::new();
-    child.stdout.take().map(|mut s| s.read_to_string(&mut out));
-    child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+    let out = stdout.join().unwrap_or_default();
+    let err = stderr.join().unwrap_or_default();
     let field = |key: &str| {
         out.lines()
             .filter_map(|l| l.strip_prefix("vscode-doctor "))

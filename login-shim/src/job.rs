@@ -31,6 +31,9 @@ pub struct JobStatus {
     /// line, for when the controller no longer says.
     pub end_hint: Option<&'static str>,
     pub revoked: bool,
+    /// The session is a window (an srun step) in a profile's job, not a
+    /// salloc job of its own.
+    pub window: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,25 +58,41 @@ pub fn salloc_command(cli: &Cli, nonce: &Nonce, relay_port: u16) -> Command {
         .arg(format!("--job-name={}", cli.job_name))
         .args(&cli.salloc_args)
         .args(["srun", "--export=ALL", "--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1"])
-        .arg(&cli.helper)
+        .arg(&cli.helper);
+    with_session_streams(&mut command, nonce, relay_port);
+    command
+}
+
+/// What the helper's step needs from us, whichever command starts it: the
+/// session in its environment, and our own pipes.
+pub fn with_session_streams(command: &mut Command, nonce: &Nonce, relay_port: u16) {
+    command
         .env(env::NONCE, nonce.as_str())
         .env(env::RELAY_PORT, relay_port.to_string())
-        // A group of its own, so salloc and its srun can be ended together
-        // when the allocation is revoked but srun waits on a dead node.
+        // A group of its own, so salloc (or srun) and its children can be
+        // ended together when the job is lost but they wait on a dead node.
         .process_group(0)
         // Our own pipes, never inherited descriptors: if the shim dies, the
-        // helper sees EOF on stdin and the job ends with it.
+        // helper sees EOF on stdin and the session ends with it.
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    command
 }
 
 pub fn parse_salloc_line(line: &str) -> Option<SallocEvent> {
     if let Some(hint) = end_hint(line) {
         return Some(SallocEvent::EndHint(hint));
     }
-    let rest = line.trim_end().strip_prefix("salloc: ")?;
+    let line = line.trim_end();
+    // A window's srun says what salloc would when the allocation is lost.
+    if let Some(rest) = line.strip_prefix("srun: ") {
+        if rest.starts_with("error: Node failure on ") {
+            return Some(SallocEvent::EndHint("NODE_FAIL"));
+        }
+        return (rest.starts_with("Job allocation ") && rest.ends_with(" has been revoked."))
+            .then_some(SallocEvent::Revoked);
+    }
+    let rest = line.strip_prefix("salloc: ")?;
     if rest.starts_with("error: Node failure on ") {
         return Some(SallocEvent::EndHint("NODE_FAIL"));
     }
@@ -276,12 +295,19 @@ pub async fn query_end(scontrol: &Path, id: u32) -> Option<JobEnd> {
 
 /// The one line the user sees when the session ends without VS Code asking.
 pub fn explain_end(status: &JobStatus, end: Option<&JobEnd>, salloc: ExitStatus) -> String {
+    let describe_exit = |exit| describe_exit(exit, status.window);
     let Some(id) = status.id else {
         let cause = status.last_error.clone().unwrap_or_else(|| describe_exit(salloc));
         return format!(
             "salloc could not start the job: {cause}; check the salloc arguments after -- in RemoteCommand"
         );
     };
+    if status.window && end.is_some_and(|end| end.state == "RUNNING") {
+        return format!(
+            "this window's step in job {id} ended ({}); the job goes on for its other windows: reconnect to join it",
+            describe_exit(salloc)
+        );
+    }
     let (state, reason) = match end {
         Some(end) if !is_transient(&end.state) => (end.state.as_str(), end.reason.as_str()),
         _ => match status.end_hint {
@@ -303,6 +329,7 @@ pub fn explain_end(status: &JobStatus, end: Option<&JobEnd>, salloc: ExitStatus)
         "CANCELLED" => ("cancelled by scancel or an admin", again.to_owned()),
         "NODE_FAIL" => ("the node failed", again.to_owned()),
         "FAILED" => ("the helper or script failed — see the lines above", again.to_owned()),
+        "COMPLETED" if status.window => ("its last window closed", again.to_owned()),
         "COMPLETED" => ("the session's shell exited", again.to_owned()),
         "OUT_OF_MEMORY" => (
             "the job ran out of memory",
@@ -328,6 +355,14 @@ pub fn explain_end(status: &JobStatus, end: Option<&JobEnd>, salloc: ExitStatus)
 }
 
 /// The line for a salloc that died by a signal, after its job was cancelled.
+pub fn explain_srun_killed(id: u32, signal: i32) -> String {
+    format!(
+        "srun for this window of job {id} was killed by signal {signal}; the job ends unless another window \
+         uses it; reconnect to start or join a session"
+    )
+}
+
+/// The line for a salloc that died by a signal, after its job was cancelled.
 pub fn explain_salloc_killed(id: u32, signal: i32) -> String {
     format!(
         "salloc for job {id} was killed by signal {signal}; the job was cancelled so that nothing keeps \
@@ -335,12 +370,13 @@ pub fn explain_salloc_killed(id: u32, signal: i32) -> String {
     )
 }
 
-fn describe_exit(status: ExitStatus) -> String {
+fn describe_exit(status: ExitStatus, window: bool) -> String {
     use std::os::unix::process::ExitStatusExt;
+    let program = if window { "srun" } else { "salloc" };
     match (status.code(), status.signal()) {
-        (Some(code), _) => format!("salloc exited with status {code}"),
-        (None, Some(signal)) => format!("salloc was killed by signal {signal}"),
-        _ => "salloc exited".to_owned(),
+        (Some(code), _) => format!("{program} exited with status {code}"),
+        (None, Some(signal)) => format!("{program} was killed by signal {signal}"),
+        _ => format!("{program} exited"),
     }
 }
 
@@ -351,7 +387,7 @@ pub async fn scancel(program: &Path, id: u32) {
 }
 
 /// Runs a Slurm client command with a time bound; its stdout on success.
-async fn run_slurm_command<I, S>(program: &Path, args: I) -> Option<String>
+pub async fn run_slurm_command<I, S>(program: &Path, args: I) -> Option<String>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
@@ -422,6 +458,8 @@ mod tests {
             ),
             ("salloc: error: Node failure on c1\n", Some(SallocEvent::EndHint("NODE_FAIL"))),
             ("salloc: Job allocation 42 has been revoked.\n", Some(SallocEvent::Revoked)),
+            ("srun: error: Node failure on c1", Some(SallocEvent::EndHint("NODE_FAIL"))),
+            ("srun: Job allocation 42 has been revoked.", Some(SallocEvent::Revoked)),
             ("salloc: Waiting for resource configuration", None),
             ("salloc: Nodes c1 are ready for job", None),
             ("salloc: Relinquishing job allocation 42", None),

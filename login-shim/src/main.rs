@@ -7,7 +7,9 @@ mod doctor;
 mod job;
 mod logging;
 mod peer_uid;
+mod persistent;
 mod relay;
+mod sessions;
 mod setup;
 mod sock_diag;
 mod splice;
@@ -23,7 +25,7 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::time::timeout;
-use vscode_slurm_protocol::{ControlFilter, Nonce};
+use vscode_slurm_protocol::{ControlFilter, Nonce, Piece};
 
 use crate::cli::{expand_pid, Cli};
 use crate::job::JobStatus;
@@ -35,11 +37,19 @@ const QUIET_EXIT: Duration = Duration::from_secs(3);
 const SALLOC_GRACE: Duration = Duration::from_secs(10);
 /// How long salloc may wait on its srun after the allocation was revoked.
 const REVOKED_GRACE: Duration = Duration::from_secs(3);
+/// Set when the window's srun is ended because its job is gone: its death
+/// by our signal is then the job's end, not a fault of its own.
+static JOB_LOST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// How often a window checks that its job still runs (one squeue of one job).
+const JOB_WATCH_INTERVAL: Duration = Duration::from_secs(30);
 /// How long the job's last output may take to drain after salloc exits.
 const DRAIN: Duration = Duration::from_secs(2);
 
 fn main() {
     if let Some(code) = commands::dispatch() {
+        std::process::exit(code);
+    }
+    if let Some(code) = sessions::dispatch() {
         std::process::exit(code);
     }
     let cli = Cli::parse_or_exit();
@@ -83,34 +93,155 @@ struct Started {
     signals: Signals,
     tee_stdin: Option<File>,
     tee_stdout: Option<File>,
-    nonce: Nonce,
+    /// salloc, or with a profile the window's srun step.
     salloc: tokio::process::Child,
+    /// With a profile: the job the window joined, already running.
+    joined: Option<u32>,
+    /// The window's output so far (with a profile, read up to the helper's
+    /// ready line), and the filter that read it.
+    filter: ControlFilter,
+    early: Vec<Piece>,
 }
 
+/// Tries at joining a profile's job; one fails when the job ends between
+/// being found and being joined.
+const JOIN_TRIES: u32 = 3;
+
 /// The listener comes first: its port goes into the job's environment.
-fn start(cli: &Cli) -> Result<Started, String> {
+async fn start(cli: &Cli) -> Result<Started, String> {
     let listener = relay::bind(cli.listen_host, cli.listen_port)
         .map_err(|e| format!("cannot listen on {}:{}: {e}", cli.listen_host, cli.listen_port))?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-    let signals = Signals::new().map_err(|e| format!("cannot handle signals: {e}"))?;
+    let mut signals = Signals::new().map_err(|e| format!("cannot handle signals: {e}"))?;
     let tee_stdin = open_tee(cli.tee_stdin.as_deref(), "--tee-stdin")?;
     let tee_stdout = open_tee(cli.tee_stdout.as_deref(), "--tee-stdout")?;
     let nonce = Nonce::generate().map_err(|e| format!("cannot make the session nonce: {e}"))?;
+    if cli.persistent() {
+        let mut hangup = streams::watch_hangup();
+        let (step, id, filter, early) = start_window(cli, &mut signals, &mut hangup, &nonce, port).await?;
+        tracing::info!("relay listening on port {port}; window started in job {id}");
+        return Ok(Started {
+            listener,
+            signals,
+            tee_stdin,
+            tee_stdout,
+            salloc: step,
+            joined: Some(id),
+            filter,
+            early,
+        });
+    }
     let salloc = job::salloc_command(cli, &nonce, port)
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", cli.salloc.display()))?;
     tracing::info!("relay listening on port {port}; salloc started");
-    Ok(Started { listener, signals, tee_stdin, tee_stdout, nonce, salloc })
+    let filter = ControlFilter::new(nonce);
+    Ok(Started { listener, signals, tee_stdin, tee_stdout, salloc, joined: None, filter, early: vec![] })
+}
+
+/// Joins (or submits) the profile's job and starts this window's step in
+/// it; returns once the helper's shell runs there, so VS Code's script is
+/// only sent to a window that has its place.
+async fn start_window(
+    cli: &Cli,
+    signals: &mut Signals,
+    hangup: &mut tokio::sync::oneshot::Receiver<()>,
+    nonce: &Nonce,
+    port: u16,
+) -> Result<(tokio::process::Child, u32, ControlFilter, Vec<Piece>), String> {
+    let profile = persistent::profile(cli)?;
+    for _ in 0..JOIN_TRIES {
+        let (id, submitted) = join_or_submit(cli, &profile, signals, hangup).await?;
+        let mut step = persistent::step_command(cli, id, &profile, nonce, port)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", cli.srun.display()))?;
+        let mut filter = ControlFilter::new(nonce.clone());
+        let Some(stdout) = step.stdout.as_mut() else { unreachable!("step_command pipes stdout") };
+        let stop = tokio::select! {
+            ready = timeout(cli.connect_wait(), streams::wait_ready(stdout, &mut filter)) => match ready {
+                Ok(Some(early)) => return Ok((step, id, filter, early)),
+                Ok(None) => None,
+                Err(_) => Some(format!(
+                    "job {id} did not start the window within {}s (--connect-wait); reconnect to try again",
+                    cli.connect_wait
+                )),
+            },
+            code = signals.next() => Some(shutdown_reason(code)),
+            _ = &mut *hangup => Some(shutdown_reason(0)),
+        };
+        if let Some(why) = stop {
+            let _ = step.start_kill();
+            if submitted {
+                job::scancel(&cli.scancel, id).await;
+            }
+            return Err(why);
+        }
+        let _ = step.wait().await;
+        let said = read_all_stderr(&mut step).await;
+        tracing::info!("job {id} did not take the window ({said}); trying again");
+    }
+    Err(format!("could not join a job of profile {profile} in {JOIN_TRIES} tries; reconnect to try again"))
+}
+
+async fn read_all_stderr(step: &mut tokio::process::Child) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut text = String::new();
+    if let Some(stderr) = step.stderr.as_mut() {
+        let _ = timeout(Duration::from_secs(2), stderr.read_to_string(&mut text)).await;
+    }
+    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" / ")
+}
+
+/// The profile's running (or pending) job, else a new one; returns once it
+/// runs, and whether we submitted it. A job we submitted ourselves is
+/// cancelled if VS Code goes away while it still waits.
+async fn join_or_submit(
+    cli: &Cli,
+    profile: &str,
+    signals: &mut Signals,
+    hangup: &mut tokio::sync::oneshot::Receiver<()>,
+) -> Result<(u32, bool), String> {
+    let (mut id, mut submitted) = match persistent::find(cli, profile).await {
+        Some(found) => {
+            let how = if found.running { "joining" } else { "waiting with" };
+            logging::progress(format_args!("{how} job {} of profile {profile}", found.id));
+            (found.id, false)
+        }
+        None => {
+            let id = persistent::submit(cli, profile).await?;
+            tracing::info!("submitted job {id} for profile {profile}");
+            (id, true)
+        }
+    };
+    if submitted {
+        if let Some(older) = persistent::oldest(cli, profile).await.filter(|&older| older < id) {
+            tracing::info!("job {older} of profile {profile} was submitted at the same time; joining it");
+            job::scancel(&cli.scancel, id).await;
+            (id, submitted) = (older, false);
+        }
+    }
+    let why = tokio::select! {
+        running = persistent::wait_running(cli, id) => return running.map(|()| (id, submitted)),
+        code = signals.next() => shutdown_reason(code),
+        _ = &mut *hangup => shutdown_reason(0),
+    };
+    if submitted {
+        job::scancel(&cli.scancel, id).await;
+        Err(format!("{why}; job {id} was still pending and was cancelled"))
+    } else {
+        Err(format!("{why} while job {id} was pending; it is left to its other windows"))
+    }
 }
 
 async fn run(cli: Cli) -> i32 {
-    let Started { listener, mut signals, tee_stdin, tee_stdout, nonce, mut salloc } = match start(&cli) {
+    let started = match start(&cli).await {
         Ok(started) => started,
         Err(e) => {
             tracing::error!("{e}");
             return 1;
         }
     };
+    let Started { listener, mut signals, tee_stdin, tee_stdout, mut salloc, joined, filter, early } = started;
 
     let (Some(to_salloc), Some(from_salloc), Some(salloc_stderr)) =
         (salloc.stdin.take(), salloc.stdout.take(), salloc.stderr.take())
@@ -118,20 +249,24 @@ async fn run(cli: Cli) -> i32 {
         unreachable!("salloc_command pipes all three streams");
     };
     let (endpoint_tx, endpoint_rx) = watch::channel(None);
-    let (status_tx, status_rx) = watch::channel(JobStatus::default());
+    let (status_tx, status_rx) = watch::channel(JobStatus {
+        id: joined,
+        granted: joined.is_some(),
+        window: joined.is_some(),
+        ..Default::default()
+    });
 
-    let stdout_task = tokio::spawn(streams::forward_stdout(
-        from_salloc,
-        ControlFilter::new(nonce),
-        endpoint_tx,
-        tee_stdout,
-    ));
+    let stdout_task =
+        tokio::spawn(streams::forward_stdout(from_salloc, filter, early, endpoint_tx, tee_stdout));
     let stderr_task = tokio::spawn(job::follow_stderr(salloc_stderr, status_tx));
     let mut stdin_task = tokio::spawn(streams::forward_stdin(to_salloc, tee_stdin));
     let (server_gone_tx, mut server_gone) = tokio::sync::mpsc::channel(1);
     tokio::spawn(relay::serve(listener, endpoint_rx, cli.connect_wait(), server_gone_tx));
     let salloc_group = salloc.id().and_then(|pid| i32::try_from(pid).ok());
     tokio::spawn(end_revoked_allocation(status_rx.clone(), salloc_group));
+    if let Some(id) = joined {
+        tokio::spawn(end_window_of_lost_job(id, cli.squeue.clone(), salloc_group));
+    }
     let progress = tokio::spawn({
         let (status, squeue, every) = (status_rx.clone(), cli.squeue.clone(), cli.poll_interval());
         async move { job::report_progress(status, &squeue, every).await }
@@ -188,7 +323,13 @@ async fn run(cli: Cli) -> i32 {
             let job = status_rx.borrow().clone();
             // salloc gives its allocation back when it leaves by itself; killed,
             // it cannot, and the job would run on with nobody attached to it.
-            if let (Some(id), Some(signal), false) = (job.id, status.signal(), job.revoked) {
+            let lost = JOB_LOST.load(std::sync::atomic::Ordering::Relaxed);
+            if let (true, Some(id), Some(signal), false) = (job.window, job.id, status.signal(), lost) {
+                tracing::error!("{}", job::explain_srun_killed(id, signal));
+                return 1;
+            }
+            if let (Some(id), Some(signal), false, false) = (job.id, status.signal(), job.revoked, job.window)
+            {
                 job::scancel(&cli.scancel, id).await;
                 tracing::error!("{}", job::explain_salloc_killed(id, signal));
                 return 1;
@@ -230,7 +371,10 @@ async fn end_session(
     let job = status.borrow().clone();
     let ended_by_itself = job.granted && timeout(QUIET_EXIT, salloc.wait()).await.is_ok();
     match job.id {
+        _ if ended_by_itself && cli.persistent() => tracing::info!("{why}; the window's step ended"),
         _ if ended_by_itself => tracing::info!("{why}; the job ended with it"),
+        // Other windows may use the job; its keeper ends it after the linger time.
+        Some(id) if cli.persistent() => tracing::info!("{why}; the window left job {id}"),
         Some(id) => {
             job::scancel(&cli.scancel, id).await;
             let state = if job.granted { "did not end by itself" } else { "was still pending" };
@@ -255,6 +399,34 @@ async fn end_revoked_allocation(mut status: watch::Receiver<JobStatus>, salloc_g
         tracing::info!("the allocation was revoked and salloc is still waiting; ending it");
         let _ =
             nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// A window's srun is not told when its job is lost with its node (salloc
+/// is, as "revoked"): it waits on a step that can no longer answer. So the
+/// job's state is looked at now and then, and once it is no longer running
+/// the window's srun is ended; its end is then explained as usual.
+async fn end_window_of_lost_job(id: u32, squeue: std::path::PathBuf, srun_group: Option<i32>) {
+    loop {
+        tokio::time::sleep(JOB_WATCH_INTERVAL).await;
+        let state =
+            job::run_slurm_command(&squeue, ["-h", "-t", "all", "-j", &id.to_string(), "-o", "%T"]).await;
+        let Some(state) = state else { continue };
+        let state = state.trim();
+        if state == "RUNNING" {
+            continue;
+        }
+        let state = if state.is_empty() { "gone" } else { state };
+        tracing::info!("job {id} is {state}; ending this window's srun");
+        JOB_LOST.store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(REVOKED_GRACE).await;
+        if let Some(group) = srun_group {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(group),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        return;
     }
 }
 

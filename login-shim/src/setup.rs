@@ -18,7 +18,7 @@ const DEFAULT_CONFIG: &str = "~/.ssh/vscode-slurm.config";
 /// appended to --config, unless that file already has a `Host` entry for
 /// the alias.
 #[derive(Debug, Parser)]
-#[command(name = "setup")]
+#[command(name = "setup", bin_name = "vscode-shim setup")]
 pub struct SetupArgs {
     /// The cluster's login node, as reached from the laptop.
     #[arg(long, value_name = "HOST")]
@@ -40,6 +40,15 @@ pub struct SetupArgs {
     #[arg(long, value_name = "FILE")]
     pub identity_file: Option<String>,
 
+    /// A site profile for the shim (passed on as `vscode-shim --profile NAME`).
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+
+    /// How long VS Code waits for the session, queueing included
+    /// (remote.SSH.connectTimeout): longer than the usual wait for a job.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub connect_timeout: u32,
+
     /// Append the host entry to --config after printing it.
     #[arg(long)]
     pub write: bool,
@@ -51,11 +60,21 @@ pub struct SetupArgs {
 
 /// Runs `setup`; returns the exit code.
 pub fn run(args: &SetupArgs) -> i32 {
+    let optional = [("--profile", &args.profile), ("--identity-file", &args.identity_file)];
+    // Each of these becomes one word of an ssh config line or of RemoteCommand.
     if let Some(bad) = [("--login", &args.login), ("--user", &args.user), ("--name", &args.name)]
         .into_iter()
+        .chain(optional.into_iter().filter_map(|(flag, value)| Some((flag, value.as_ref()?))))
         .find(|(_, value)| value.is_empty() || value.chars().any(|c| c.is_whitespace() || c == '#'))
     {
-        eprintln!("vscode-shim: setup: {} must be one word without spaces or '#'", bad.0);
+        eprintln!("vscode-shim setup: {} must be one word without spaces or '#'", bad.0);
+        return 2;
+    }
+    if args.write && args.config.starts_with("~/") && std::env::var_os("HOME").is_none() {
+        eprintln!(
+            "vscode-shim setup: HOME is not set, so {} is nowhere; give --config a full path",
+            args.config
+        );
         return 2;
     }
     let path = expand_home(&args.config);
@@ -63,7 +82,7 @@ pub fn run(args: &SetupArgs) -> i32 {
         match fs::read_to_string(&path) {
             Ok(text) if has_host(&text, &args.name) => {
                 eprintln!(
-                    "vscode-shim: {} already has a Host entry for {}; nothing written \
+                    "vscode-shim setup: {} already has a Host entry for {}; nothing written \
                      (edit that entry, or choose another --name)",
                     path.display(),
                     args.name
@@ -73,7 +92,7 @@ pub fn run(args: &SetupArgs) -> i32 {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => {
-                eprintln!("vscode-shim: cannot read {}: {e}; nothing written", path.display());
+                eprintln!("vscode-shim setup: cannot read {}: {e}; nothing written", path.display());
                 return 1;
             }
         }
@@ -81,10 +100,10 @@ pub fn run(args: &SetupArgs) -> i32 {
     print!("{}", render(args));
     if args.write {
         if let Err(e) = append(&path, &host_block(args)) {
-            eprintln!("vscode-shim: cannot write {}: {e}", path.display());
+            eprintln!("vscode-shim setup: cannot write {}: {e}", path.display());
             return 1;
         }
-        eprintln!("vscode-shim: added Host {} to {}", args.name, path.display());
+        eprintln!("vscode-shim setup: added Host {} to {}", args.name, path.display());
     }
     0
 }
@@ -94,8 +113,9 @@ pub fn render(args: &SetupArgs) -> String {
     let config = &args.config;
     let name = &args.name;
     let check = format!(
-        "ssh -F {config} -o RemoteCommand=none {name} \
-         'command -v vscode-shim && salloc --help | grep -q -- --vscode && echo ok'"
+        "ssh -F {} -o RemoteCommand=none {name} \
+         'command -v vscode-shim && salloc --help | grep -q -- --vscode && echo ok'",
+        shell_path(config)
     );
     format!(
         "# 1. ssh config: this block belongs in {config}, a file used only by VS Code\n\
@@ -105,11 +125,11 @@ pub fn render(args: &SetupArgs) -> String {
          \n\
          # 2. VS Code settings.json (Preferences: Open User Settings (JSON)):\n\
          \n\
-         \"remote.SSH.configFile\": \"{config}\",\n\
+         \"remote.SSH.configFile\": {config_json},\n\
          \"remote.SSH.enableRemoteCommand\": true,\n\
          \"remote.SSH.useLocalServer\": true,\n\
          \"remote.SSH.enableDynamicForwarding\": true,\n\
-         \"remote.SSH.connectTimeout\": 300\n\
+         \"remote.SSH.connectTimeout\": {timeout}\n\
          \n\
          # 3. Check (starts no job; prints the shim's path and ok):\n\
          \n\
@@ -118,6 +138,8 @@ pub fn render(args: &SetupArgs) -> String {
          # Then connect VS Code to {name}: Remote-SSH: Connect to Host... > {name}.\n",
         login = args.login,
         block = host_block(args),
+        config_json = json_string(config),
+        timeout = args.connect_timeout,
     )
 }
 
@@ -127,7 +149,11 @@ pub fn host_block(args: &SetupArgs) -> String {
     if let Some(identity) = &args.identity_file {
         block.push_str(&format!("    IdentityFile {identity}\n"));
     }
-    let mut command = String::from("vscode-shim --");
+    let mut command = String::from("vscode-shim");
+    if let Some(profile) = &args.profile {
+        command.push_str(&format!(" --profile {}", remote_command_word(profile)));
+    }
+    command.push_str(" --");
     for arg in &args.salloc_args {
         command.push(' ');
         command.push_str(&remote_command_word(arg));
@@ -142,6 +168,37 @@ fn remote_command_word(arg: &str) -> String {
     let safe = !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_=:,./+@%".contains(c));
     let quoted = if safe { arg.to_owned() } else { format!("'{}'", arg.replace('\'', r"'\''")) };
     quoted.replace('%', "%%")
+}
+
+/// A path for the check command: `~/` stays unquoted so the laptop's shell
+/// expands it.
+fn shell_path(path: &str) -> String {
+    let (home, rest) = match path.strip_prefix("~/") {
+        Some(rest) => ("~/", rest),
+        None => ("", path),
+    };
+    let safe =
+        !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || "-_=:,./+@%".contains(c));
+    if safe {
+        format!("{home}{rest}")
+    } else {
+        format!("{home}'{}'", rest.replace('\'', r"'\''"))
+    }
+}
+
+/// A JSON string literal, for settings.json.
+fn json_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Whether an ssh config text has a `Host` line naming `alias`.
@@ -199,6 +256,14 @@ mod tests {
         assert!(!has_host(text, "x"));
         assert!(!has_host(text, "comment"));
         assert!(!has_host("# Host mycluster\n", "mycluster"));
+    }
+
+    #[test]
+    fn odd_config_paths_stay_valid_json_and_shell() {
+        assert_eq!(json_string(r#"~/a "b"\c"#), r#""~/a \"b\"\\c""#);
+        assert_eq!(shell_path("~/.ssh/vscode-slurm.config"), "~/.ssh/vscode-slurm.config");
+        assert_eq!(shell_path("~/my dir/c's"), r"~/'my dir/c'\''s'");
+        assert_eq!(shell_path("/abs path"), "'/abs path'");
     }
 
     #[test]

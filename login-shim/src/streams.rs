@@ -10,7 +10,7 @@ use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::watch;
 use vscode_slurm_protocol::{ControlFilter, ControlMessage, Piece};
 
-const BUFFER: usize = 64 * 1024;
+const BUFFER: usize = 16 * 1024;
 
 /// Why stdin forwarding stopped: VS Code hanging up means "end the session";
 /// salloc no longer reading means it is on its way out by itself.
@@ -53,10 +53,14 @@ pub async fn forward_stdin(mut to_salloc: ChildStdin, mut tee: Option<File>) -> 
 pub async fn forward_stdout(
     mut from_salloc: ChildStdout,
     mut filter: ControlFilter,
+    early: Vec<Piece>,
     endpoint: watch::Sender<Option<SocketAddr>>,
     tee: Option<File>,
 ) {
     let mut out = Stdout { stdout: tokio::io::stdout(), tee, broken: false };
+    for piece in early {
+        handle(piece, &mut out, &endpoint).await;
+    }
     let mut buf = vec![0u8; BUFFER];
     loop {
         let n = match from_salloc.read(&mut buf).await {
@@ -68,17 +72,73 @@ pub async fn forward_stdout(
             }
         };
         for piece in filter.feed(&buf[..n]) {
-            match piece {
-                Piece::Data(data) => out.write(&data).await,
-                Piece::Control(ControlMessage::Endpoint(addr)) => {
-                    tracing::info!("the session's server is at {addr}");
-                    endpoint.send_replace(Some(addr));
-                }
-            }
+            handle(piece, &mut out, &endpoint).await;
         }
     }
     let rest = filter.finish();
     out.write(&rest).await;
+}
+
+async fn handle(piece: Piece, out: &mut Stdout, endpoint: &watch::Sender<Option<SocketAddr>>) {
+    match piece {
+        Piece::Data(data) => out.write(&data).await,
+        Piece::Control(ControlMessage::Endpoint(addr)) => {
+            tracing::info!("the session's server is at {addr}");
+            endpoint.send_replace(Some(addr));
+        }
+        // The connection log is the one place VS Code shows our stderr.
+        Piece::Control(ControlMessage::Notice(text)) => tracing::warn!("{text}"),
+        Piece::Control(ControlMessage::Ready) => tracing::debug!("the launch script's shell runs"),
+    }
+}
+
+/// Fires when VS Code's end of our stdin is closed, without reading it:
+/// while the job is pending nothing reads stdin, and the launch script in
+/// it must stay there for the job. A thread of its own, because tokio has
+/// no way to wait for a hang-up alone.
+pub fn watch_hangup() -> tokio::sync::oneshot::Receiver<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned =
+        std::thread::Builder::new().name("stdin-hangup".into()).stack_size(64 * 1024).spawn(move || {
+            let mut fd = libc::pollfd { fd: 0, events: libc::POLLRDHUP, revents: 0 };
+            loop {
+                // SAFETY: one pollfd, valid for the call; fd 0 is ours for the process's life.
+                let n = unsafe { libc::poll(&mut fd, 1, -1) };
+                if n > 0
+                    && fd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR | libc::POLLNVAL) != 0
+                {
+                    let _ = tx.send(());
+                    return;
+                }
+                if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::info!("cannot watch stdin for a hang-up: {e}");
+    }
+    rx
+}
+
+/// Reads the window's output until the helper says its shell runs; what
+/// came with it is returned, to be passed on first. `None`: the step ended
+/// before that (the job was ending, say).
+pub async fn wait_ready(from: &mut ChildStdout, filter: &mut ControlFilter) -> Option<Vec<Piece>> {
+    let mut early = Vec::new();
+    let mut buf = vec![0u8; BUFFER];
+    let mut ready = false;
+    while !ready {
+        let n = from.read(&mut buf).await.ok().filter(|&n| n > 0)?;
+        for piece in filter.feed(&buf[..n]) {
+            if piece == Piece::Control(ControlMessage::Ready) {
+                ready = true;
+            } else {
+                early.push(piece);
+            }
+        }
+    }
+    Some(early)
 }
 
 struct Stdout {

@@ -121,6 +121,7 @@ fn start(mode: &str, args: &[&str]) -> Shim {
     );
     let mut command = Command::new(env!("CARGO_BIN_EXE_vscode-shim"));
     command
+        .arg("--no-profile")
         .arg("--salloc")
         .arg(&salloc)
         .arg("--scancel")

@@ -28,7 +28,13 @@ pub mod env {
     pub const RUNTIME_DIR: &str = "VSCODE_SLURM_RUNTIME_DIR";
     /// Set by the SPANK plugin when known: the job's end time, Unix seconds.
     pub const JOB_END: &str = "VSCODE_SLURM_JOB_END";
+    /// Set by the SPANK plugin in the keeper's step: how long, in seconds,
+    /// the job outlives its last window (the user's `--linger`, capped by
+    /// the site's `linger_max`).
+    pub const LINGER: &str = "VSCODE_SLURM_LINGER";
 }
+
+pub mod duration;
 
 /// Every control line starts with this, at the start of a line.
 pub const CONTROL_PREFIX: &[u8] = b"@@vscode-slurm@@ ";
@@ -104,12 +110,32 @@ pub enum ControlMessage {
     /// rewritten `listeningOn` line so the relay knows its target before
     /// VS Code can connect.
     Endpoint(SocketAddr),
+    /// The launch script's shell runs: the window has its place in the job.
+    /// Until then the shim keeps VS Code's script to itself, so a job that
+    /// was ending when the window tried to join loses none of it.
+    Ready,
+    /// Something the user must see even though VS Code shows only the
+    /// connection log: the shim prints it on stderr (a time-limit warning).
+    Notice(String),
+}
+
+/// Keeps a notice on one short line whatever it was made from.
+fn notice_text(text: &str) -> String {
+    let room = MAX_CONTROL_LINE - CONTROL_PREFIX.len() - 32 - " notice \n".len() - 1;
+    let mut clean: String =
+        text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>().trim().to_owned();
+    while clean.len() > room {
+        clean.pop();
+    }
+    clean
 }
 
 /// The bytes of one control line, newline included.
 pub fn encode(nonce: &Nonce, message: &ControlMessage) -> Vec<u8> {
     let body = match message {
         ControlMessage::Endpoint(addr) => format!("endpoint {addr}"),
+        ControlMessage::Notice(text) => format!("notice {}", notice_text(text)),
+        ControlMessage::Ready => "ready".to_owned(),
     };
     let mut line = CONTROL_PREFIX.to_vec();
     line.extend_from_slice(format!("{} {body}\n", nonce.as_str()).as_bytes());
@@ -124,6 +150,12 @@ pub fn decode(nonce: &Nonce, line: &[u8]) -> Option<ControlMessage> {
     let mut words = rest.split(' ');
     if !nonce.matches(words.next()?.as_bytes()) {
         return None;
+    }
+    if let Some(text) = rest.split_once(' ').and_then(|(_, after)| after.strip_prefix("notice ")) {
+        return (!text.chars().any(char::is_control)).then(|| ControlMessage::Notice(text.to_owned()));
+    }
+    if rest.split_once(' ').map(|(_, after)| after) == Some("ready") {
+        return Some(ControlMessage::Ready);
     }
     let message = match (words.next()?, words.next()?) {
         ("endpoint", addr) => ControlMessage::Endpoint(addr.parse().ok()?),
@@ -250,6 +282,25 @@ mod tests {
 
     fn nonce() -> Nonce {
         Nonce::parse("0123456789abcdef0123456789abcdef").unwrap()
+    }
+
+    #[test]
+    fn notices_round_trip_on_one_line() {
+        let message = ControlMessage::Notice("job 7 ends in 2 minutes: save your work".into());
+        let line = encode(&nonce(), &message);
+        assert_eq!(decode(&nonce(), &line[..line.len() - 1]), Some(message));
+        let hostile = ControlMessage::Notice(format!("a\nb\r{}", "x".repeat(2000)));
+        let line = encode(&nonce(), &hostile);
+        assert!(line.len() <= MAX_CONTROL_LINE, "{}", line.len());
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        let Some(ControlMessage::Notice(text)) = decode(&nonce(), &line[..line.len() - 1]) else {
+            panic!("not a notice")
+        };
+        assert!(text.starts_with("a b xxx"), "{text}");
+        let ready = encode(&nonce(), &ControlMessage::Ready);
+        assert_eq!(decode(&nonce(), &ready[..ready.len() - 1]), Some(ControlMessage::Ready));
+        let forged = b"@@vscode-slurm@@ ffffffffffffffffffffffffffffffff notice hi";
+        assert_eq!(decode(&nonce(), forged), None);
     }
 
     fn endpoint() -> ControlMessage {

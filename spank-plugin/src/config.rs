@@ -7,6 +7,8 @@
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use vscode_slurm_protocol::duration;
+
 use crate::bind::BindSpec;
 use crate::failure::Failure;
 
@@ -15,7 +17,11 @@ pub const DEFAULT_KILL_GRACE_SECS: u64 = 5;
 /// Longer would hold the node in COMPLETING for too long.
 pub const MAX_KILL_GRACE_SECS: u64 = 60;
 
-const KNOWN_KEYS: &str = "bind, runtime_dir, kill_grace";
+/// Without a site maximum, a job holds its node at most this long after its
+/// last window closed.
+pub const DEFAULT_LINGER_MAX: Duration = Duration::from_secs(30 * 60);
+
+const KNOWN_KEYS: &str = "bind, runtime_dir, kill_grace, linger, linger_max";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -24,6 +30,10 @@ pub struct Config {
     pub runtime_dir: PathBuf,
     /// Time between SIGTERM and SIGKILL in the epilog.
     pub kill_grace: Duration,
+    /// How long a job outlives its last window when the user does not say.
+    pub linger: Duration,
+    /// The most a user may ask for with `--linger`.
+    pub linger_max: Duration,
 }
 
 impl Default for Config {
@@ -32,6 +42,8 @@ impl Default for Config {
             bind: BindSpec::NodeAddr,
             runtime_dir: PathBuf::from(DEFAULT_RUNTIME_DIR),
             kill_grace: Duration::from_secs(DEFAULT_KILL_GRACE_SECS),
+            linger: Duration::ZERO,
+            linger_max: DEFAULT_LINGER_MAX,
         }
     }
 }
@@ -49,7 +61,7 @@ impl Config {
                      write e.g. kill_grace=5 (known keys: {KNOWN_KEYS})"
                 )));
             };
-            if !matches!(key, "bind" | "runtime_dir" | "kill_grace") {
+            if !matches!(key, "bind" | "runtime_dir" | "kill_grace" | "linger" | "linger_max") {
                 return Err(Failure::new(format!(
                     "vscode: unknown plugstack argument '{arg}' (known: {KNOWN_KEYS})"
                 )));
@@ -63,11 +75,35 @@ impl Config {
             match key {
                 "bind" => config.bind = BindSpec::parse(value)?,
                 "runtime_dir" => config.runtime_dir = parse_runtime_dir(value)?,
+                "linger" => config.linger = parse_linger(key, value)?,
+                "linger_max" => config.linger_max = parse_linger(key, value)?,
                 _ => config.kill_grace = parse_kill_grace(value)?,
             }
         }
+        if config.linger > config.linger_max {
+            return Err(Failure::new(format!(
+                "vscode: plugstack argument 'linger={}' is above 'linger_max={}'; lower linger or raise linger_max",
+                duration::Display(config.linger),
+                duration::Display(config.linger_max)
+            )));
+        }
         Ok(config)
     }
+
+    /// What a job gets for the user's `--linger` (None: not given), and
+    /// whether it was cut down to the site's maximum.
+    pub fn effective_linger(&self, asked: Option<Duration>) -> (Duration, bool) {
+        match asked {
+            Some(asked) if asked > self.linger_max => (self.linger_max, true),
+            Some(asked) => (asked, false),
+            None => (self.linger, false),
+        }
+    }
+}
+
+fn parse_linger(key: &str, value: &str) -> Result<Duration, Failure> {
+    duration::parse(value)
+        .map_err(|why| Failure::new(format!("vscode: bad plugstack argument '{key}={value}': {why}")))
 }
 
 fn parse_runtime_dir(value: &str) -> Result<PathBuf, Failure> {
@@ -146,7 +182,7 @@ mod tests {
     fn unknown_key_is_named_with_the_known_ones() {
         assert_eq!(
             rejected(&["foo=1"]),
-            "vscode: unknown plugstack argument 'foo=1' (known: bind, runtime_dir, kill_grace)"
+            "vscode: unknown plugstack argument 'foo=1' (known: bind, runtime_dir, kill_grace, linger, linger_max)"
         );
         assert!(rejected(&["Bind=eth0"]).contains("unknown plugstack argument 'Bind=eth0'"));
         assert!(rejected(&["=1"]).contains("unknown plugstack argument '=1'"));
@@ -156,7 +192,7 @@ mod tests {
     fn argument_without_equals_is_rejected() {
         let message = rejected(&["frob"]);
         assert!(message.contains("'frob' is not of the form key=value"), "{message}");
-        assert!(message.contains("known keys: bind, runtime_dir, kill_grace"), "{message}");
+        assert!(message.contains("known keys: bind, runtime_dir, kill_grace, linger"), "{message}");
         assert!(rejected(&["bind"]).contains("'bind' is not of the form key=value"));
     }
 
@@ -193,6 +229,25 @@ mod tests {
             let message = rejected(&[&format!("kill_grace={bad}")]);
             assert!(message.contains("from 0 to 60"), "{bad}: {message}");
         }
+    }
+
+    #[test]
+    fn linger_defaults_caps_and_rejects() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.effective_linger(None), (Duration::ZERO, false));
+        assert_eq!(config.effective_linger(Some(Duration::from_secs(60))), (Duration::from_secs(60), false));
+        assert_eq!(config.effective_linger(Some(Duration::from_secs(7200))), (DEFAULT_LINGER_MAX, true));
+        let config = parse(&["linger=5m", "linger_max=1h"]).unwrap();
+        assert_eq!(config.effective_linger(None), (Duration::from_secs(300), false));
+        assert_eq!(config.effective_linger(Some(Duration::ZERO)), (Duration::ZERO, false));
+        assert_eq!(
+            config.effective_linger(Some(Duration::from_secs(3601))),
+            (Duration::from_secs(3600), true)
+        );
+        assert!(rejected(&["linger=10"]).contains("bad plugstack argument 'linger=10': '10' has no unit"));
+        assert!(rejected(&["linger_max=soon"]).contains("'linger_max=soon'"));
+        assert!(rejected(&["linger=2h"]).contains("above 'linger_max=30m'"));
+        assert!(rejected(&["linger_max=0", "linger=1m"]).contains("above 'linger_max=0'"));
     }
 
     #[test]

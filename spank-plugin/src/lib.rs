@@ -21,6 +21,8 @@ use std::error::Error;
 
 use slurm_spank::{spank_log, Context, LogLevel, Plugin, SpankHandle, SpankOption, SPANK_PLUGIN};
 
+use vscode_slurm_protocol::duration;
+
 use crate::config::Config;
 use crate::failure::Failure;
 
@@ -35,6 +37,11 @@ pub mod slurm_version {
 /// site-specific lives in plugstack.conf where users cannot change it.
 pub const OPTION: &str = "vscode";
 const OPTION_USAGE: &str = "Run this job as a VS Code remote session (used by vscode-shim).";
+
+/// `--vscode-linger=DURATION`: how long the job outlives its last window;
+/// checked against the site's `linger_max` at submission, applied in the job.
+pub const LINGER_OPTION: &str = "vscode-linger";
+const LINGER_USAGE: &str = "How long a VS Code job outlives its last window (e.g. 30m; capped by the site).";
 
 /// Set to 1 in the job control environment by salloc/sbatch; Slurm hands it
 /// to the epilog as `SPANK_VSCODE`, a second sign besides the option itself.
@@ -71,6 +78,9 @@ unsafe impl Plugin for VsCode {
             spank
                 .register_option(SpankOption::new(OPTION).usage(OPTION_USAGE))
                 .map_err(|e| fail(format!("vscode: cannot register --{OPTION}: {e}")))?;
+            spank
+                .register_option(SpankOption::new(LINGER_OPTION).takes_value("DURATION").usage(LINGER_USAGE))
+                .map_err(|e| fail(format!("vscode: cannot register --{LINGER_OPTION}: {e}")))?;
         }
         let args = spank.plugin_argv().map_err(|e| {
             fail(format!("vscode: plugstack arguments are not valid UTF-8 ({e}); fix plugstack.conf"))
@@ -83,15 +93,28 @@ unsafe impl Plugin for VsCode {
         if !spank.is_option_set(OPTION) {
             return Ok(());
         }
+        let config = self.config.as_ref().ok_or_else(|| {
+            fail("vscode: plugin arguments were not parsed (init did not run); check plugstack.conf")
+        })?;
+        let linger = asked_linger(spank)?;
         match spank.context() {
-            Ok(Context::Allocator) => spank
-                .job_control_setenv(JOB_CONTROL_MARK, "1", true)
-                .map_err(|e| fail(format!("vscode: cannot mark the job as a VS Code session: {e}")).into()),
+            Ok(Context::Allocator) => {
+                if let (granted, true) = config.effective_linger(linger) {
+                    spank_log(
+                        LogLevel::Info,
+                        &format!(
+                            "vscode: --linger is capped at this site's maximum: the job lingers {} \
+                             after its last window closes",
+                            duration::Display(granted)
+                        ),
+                    );
+                }
+                spank.job_control_setenv(JOB_CONTROL_MARK, "1", true).map_err(|e| {
+                    fail(format!("vscode: cannot mark the job as a VS Code session: {e}")).into()
+                })
+            }
             Ok(Context::Remote) => {
-                let config = self.config.as_ref().ok_or_else(|| {
-                    fail("vscode: plugin arguments were not parsed (init did not run); check plugstack.conf")
-                })?;
-                remote::prepare_step(spank, config).map_err(Into::into)
+                remote::prepare_step(spank, config, config.effective_linger(linger).0).map_err(Into::into)
             }
             _ => Ok(()),
         }
@@ -101,6 +124,19 @@ unsafe impl Plugin for VsCode {
     fn job_epilog(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
         epilog::run(spank);
         Ok(())
+    }
+}
+
+/// The user's `--vscode-linger`, refused with one line when it is not a duration.
+fn asked_linger(spank: &SpankHandle) -> Result<Option<std::time::Duration>, Failure> {
+    let value = spank.get_option_value(LINGER_OPTION).map_err(|e| {
+        fail(format!("vscode: --{LINGER_OPTION} is not valid UTF-8 ({e}); write e.g. --{LINGER_OPTION}=30m"))
+    })?;
+    match value {
+        None => Ok(None),
+        Some(text) => duration::parse(&text)
+            .map(Some)
+            .map_err(|why| fail(format!("vscode: bad --{LINGER_OPTION}: {why}"))),
     }
 }
 

@@ -18,6 +18,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io;
 use std::os::unix::fs::{fchown, DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use slurm_spank::{spank_log, LogLevel, SpankHandle};
 use vscode_slurm_protocol::env;
@@ -27,7 +28,7 @@ use crate::config::Config;
 use crate::failure::Failure;
 
 /// Runs for each step started with `--vscode`; an error fails the step.
-pub fn prepare_step(spank: &SpankHandle, config: &Config) -> Result<(), Failure> {
+pub fn prepare_step(spank: &SpankHandle, config: &Config, linger: Duration) -> Result<(), Failure> {
     let item_error = |what: &str, e: &dyn std::fmt::Display| {
         Failure::new(format!("vscode: cannot read the job's {what} from Slurm: {e}"))
     };
@@ -47,6 +48,7 @@ pub fn prepare_step(spank: &SpankHandle, config: &Config) -> Result<(), Failure>
     };
     set(env::BIND_ADDR, addr.to_string().as_ref())?;
     set(env::RUNTIME_DIR, job_dir.as_os_str())?;
+    set(env::LINGER, linger.as_secs().to_string().as_ref())?;
     // env::JOB_END is not set: Slurm 22.05 gives plugins no end time (no
     // spank item, no SLURM_JOB_END_TIME), and asking slurmctld from every step
     // would cost an RPC per step.

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 pub struct Lab {
     labctl: PathBuf,
     pub dir: PathBuf,
+    /// Extra environment for every labctl call (a lab of a test's own).
+    env: Vec<(String, String)>,
 }
 
 impl Lab {
@@ -23,7 +25,7 @@ impl Lab {
         let dir = PathBuf::from(
             std::env::var("VSCODE_SLURM_LAB").unwrap_or_else(|_| "/var/tmp/vscode-slurm-lab".to_owned()),
         );
-        let lab = Lab { labctl, dir };
+        let lab = Lab { labctl, dir, env: vec![] };
         let status = lab.labctl_command(&["exec", "head", "true"]).output().expect("run labctl");
         assert!(
             status.status.success(),
@@ -33,9 +35,23 @@ impl Lab {
         lab
     }
 
+    /// A second lab beside the shared one, for a test that must change what
+    /// every host sees: its own directory and namespace prefix (derived from
+    /// the shared lab's, so parallel developers' labs stay apart) and extra
+    /// labctl environment such as `LAB_INSTALLED=1`. Not brought up.
+    pub fn own(suffix: &str, env: &[(&str, &str)]) -> Lab {
+        let labctl = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/labctl");
+        let shared =
+            std::env::var("VSCODE_SLURM_LAB").unwrap_or_else(|_| "/var/tmp/vscode-slurm-lab".to_owned());
+        let prefix = std::env::var("VSCODE_SLURM_LAB_NS").unwrap_or_else(|_| "vsl-".to_owned());
+        let mut vars = vec![("VSCODE_SLURM_LAB_NS".to_owned(), format!("{prefix}{suffix}-"))];
+        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Lab { labctl, dir: PathBuf::from(format!("{shared}-{suffix}")), env: vars }
+    }
+
     pub fn labctl_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.labctl);
-        command.args(args).env("VSCODE_SLURM_LAB", &self.dir);
+        command.args(args).env("VSCODE_SLURM_LAB", &self.dir).envs(self.env.iter().map(|(k, v)| (k, v)));
         command
     }
 
@@ -87,6 +103,12 @@ impl Lab {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
 /// A process whose stdout and stderr lines arrive on channels.
 pub struct LineProcess {
     pub child: Child,
@@ -119,13 +141,40 @@ impl LineProcess {
     /// Waits for a stdout line satisfying `wanted`, failing with everything
     /// seen so far when it does not come within `timeout`.
     pub fn expect_line(&mut self, what: &str, timeout: Duration, wanted: impl Fn(&str) -> bool) -> String {
+        self.expect_on(Stream::Stdout, what, timeout, wanted)
+    }
+
+    /// Like `expect_line`, for stderr: waits for a new stderr line satisfying
+    /// `wanted` (lines seen before the call do not count).
+    pub fn expect_stderr_line(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
+        self.expect_on(Stream::Stderr, what, timeout, wanted)
+    }
+
+    fn expect_on(
+        &mut self,
+        stream: Stream,
+        what: &str,
+        timeout: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            self.drain_stderr();
+            if stream == Stream::Stdout {
+                self.drain_stderr();
+            }
+            let (lines, seen) = match stream {
+                Stream::Stdout => (&self.stdout, &mut self.stdout_seen),
+                Stream::Stderr => (&self.stderr, &mut self.stderr_seen),
+            };
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.stdout.recv_timeout(left.min(Duration::from_millis(200))) {
+            match lines.recv_timeout(left.min(Duration::from_millis(200))) {
                 Ok(line) => {
-                    self.stdout_seen.push(line.clone());
+                    seen.push(line.clone());
                     if wanted(&line) {
                         return line;
                     }
@@ -134,7 +183,7 @@ impl LineProcess {
                 Err(err) => {
                     self.drain_stderr();
                     panic!(
-                        "no stdout line {what} within {timeout:?} ({err:?}).\nstdout so far:\n{}\nstderr so far:\n{}",
+                        "no {stream:?} line {what} within {timeout:?} ({err:?}).\nstdout so far:\n{}\nstderr so far:\n{}",
                         self.stdout_seen.join("\n"),
                         self.stderr_seen.join("\n")
                     )
@@ -215,6 +264,15 @@ pub fn wait_until<T: std::fmt::Debug>(
         }
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A program of this build (`<target dir>/release/NAME`), found from the
+/// running test binary so that CARGO_TARGET_DIR need not be set.
+pub fn release_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // <target>/release/deps/<test binary>
+    let release = exe.parent().and_then(Path::parent).expect("test binary in <target>/release/deps");
+    release.join(name)
 }
 
 pub fn stdout_of(output: &Output) -> String {

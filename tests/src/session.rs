@@ -15,11 +15,19 @@ pub struct SessionOptions<'a> {
     pub template: Option<&'a str>,
     /// Overrides the ssh entry's RemoteCommand (e.g. other salloc arguments).
     pub remote_command: Option<&'a str>,
+    /// More `-o` options for ssh, e.g. `HostName=login2` for the other login node.
+    pub ssh_options: &'a [&'a str],
 }
 
 impl Default for SessionOptions<'_> {
     fn default() -> Self {
-        SessionOptions { user: "alice", mode: "legacy", template: None, remote_command: None }
+        SessionOptions {
+            user: "alice",
+            mode: "legacy",
+            template: None,
+            remote_command: None,
+            ssh_options: &[],
+        }
     }
 }
 
@@ -51,6 +59,9 @@ impl Session {
         }
         if let Some(remote_command) = options.remote_command {
             argv.extend(["--ssh-option".to_owned(), format!("RemoteCommand={remote_command}")]);
+        }
+        for option in options.ssh_options {
+            argv.extend(["--ssh-option".to_owned(), (*option).to_owned()]);
         }
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut client = lab.spawn(Some(options.user), "laptop", &argv);
@@ -141,7 +152,7 @@ pub fn assert_nothing_left(lab: &Lab, user: &str, job_id: u32, within: Duration)
         || lab.sh_ok(None, "login", &format!("squeue -h -u {user} -o '%i %T'")),
         |queue| queue.trim().is_empty(),
     );
-    for host in ["login", "c1", "c2"] {
+    for host in ["login", "login2", "c1", "c2"] {
         wait_until(
             &format!("no process of {user} on {host} after job {job_id}"),
             within,

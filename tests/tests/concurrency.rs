@@ -17,7 +17,17 @@ fn eight_sessions_of_two_users_each_reach_their_own_server() {
             .map(|(i, user)| {
                 let lab = &lab;
                 let mode = if i % 2 == 0 { "legacy" } else { "exec-server" };
-                scope.spawn(move || Session::open(lab, SessionOptions { user, mode, ..Default::default() }))
+                // A profile each: windows of one profile would share a job on purpose.
+                let remote_command = format!("vscode-shim --profile concurrent-{i} -- --time=10");
+                scope.spawn(move || {
+                    let options = SessionOptions {
+                        user,
+                        mode,
+                        remote_command: Some(&remote_command),
+                        ..Default::default()
+                    };
+                    Session::open(lab, options)
+                })
             })
             .collect();
         opening.into_iter().map(|handle| handle.join().expect("a session failed to open")).collect()

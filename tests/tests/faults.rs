@@ -104,9 +104,27 @@ fn shim_killed() {
 }
 
 #[test]
-fn salloc_killed() {
+fn srun_killed() {
     let lab = Lab::get();
-    let mut session = open(&lab, "kill-salloc", "--time=10", None);
+    let mut session = open(&lab, "kill-srun", "--time=10", None);
+    let job = session.job_id();
+    // srun runs as two processes; the first is the one the shim started.
+    let srun = lab.sh_ok(None, "login", "pgrep -o -u alice -f '^srun --jobid'").trim().to_owned();
+    assert!(!srun.is_empty(), "no srun of the window on login");
+    fault_ends_the_shim(&mut session.client, |_| {
+        lab.sh_ok(None, "login", &format!("kill -KILL {srun}"));
+    });
+    assert_one_line(&mut session.client, &[&format!("job {job}"), "srun", "killed", "reconnect"]);
+    // The window's step goes with its srun; with no other window the job ends.
+    assert_nothing_left(&lab, "alice", job, LEFTOVERS);
+}
+
+#[test]
+fn salloc_killed_without_a_profile() {
+    let lab = Lab::get();
+    let remote_command = "vscode-shim --no-profile --log-file /tmp/fault-kill-salloc-%p.log -- --time=10";
+    let mut session =
+        Session::open(&lab, SessionOptions { remote_command: Some(remote_command), ..Default::default() });
     let job = session.job_id();
     let salloc = pid_of(&lab, "login", "^salloc --vscode");
     fault_ends_the_shim(&mut session.client, |_| {
@@ -292,7 +310,7 @@ fn invalid_salloc_argument() {
     );
     let code = ssh_exit(&mut client, SHIM_EXIT);
     assert_eq!(code, 1);
-    assert_one_line(&mut client, &["salloc could not start the job", "partition", "RemoteCommand"]);
+    assert_one_line(&mut client, &["sbatch could not submit the job", "partition", "RemoteCommand"]);
     assert_nothing_left(&lab, "alice", 0, LEFTOVERS);
 }
 

@@ -27,7 +27,15 @@ fn session_in_mode(mode: &str) {
 
     // The job is ours, named as a vscode session, and running where the server answered from.
     let squeue = lab.sh_ok(None, "login", &format!("squeue -h -j {job} -o '%u %j %T %N'"));
-    assert_eq!(squeue.trim(), format!("alice vscode RUNNING {node}"));
+    let fields: Vec<&str> = squeue.split_whitespace().collect();
+    assert!(
+        fields.len() == 4
+            && fields[0] == "alice"
+            && fields[1].starts_with("vscode:")
+            && fields[2] == "RUNNING"
+            && fields[3] == node,
+        "want alice's vscode:PROFILE job running on {node}: {squeue}"
+    );
     // The plugin ran for this job (only --vscode jobs get a runtime dir), and the server saw it.
     let runtime_dir = session.field("runtime_dir");
     assert_eq!(runtime_dir, format!("/run/vscode-slurm/{job}"));
@@ -92,7 +100,12 @@ fn server_that_escaped_the_session_is_ended_by_the_epilog() {
         || lab.sh_ok(None, &node, "pgrep -u alice -x sleep -a || true"),
         |ps| ps.contains("sleep 100000"),
     );
-    let escaped_pid = escaped.split_whitespace().next().unwrap().to_owned();
+    let escaped_pid = escaped
+        .lines()
+        .find(|l| l.contains("sleep 100000"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no escaped sleep in {escaped}"))
+        .to_owned();
     let sid = lab.sh_ok(None, &node, &format!("ps -o sid= -p {escaped_pid}"));
     assert_eq!(sid.trim(), escaped_pid, "the test process did not get a session of its own");
 

@@ -317,7 +317,7 @@ pub fn run(cfg: &Config) -> Result<(Vec<PathReport>, Vec<SetupRun>), String> {
     // Below the ephemeral range, so no outgoing connection holds it.
     let socat_port = 20_000 + (std::process::id() % 12_000) as u16;
     let spec = procs::listen_spec(socat_port);
-    let target = format!("TCP:{server}");
+    let target = procs::connect_spec(server);
     let socat =
         Socat::start(lab.command(Some(USER), "login", &["socat", &spec, &target]), socat_port, |_| {
             lab_pids(&lab, "login", "socat")

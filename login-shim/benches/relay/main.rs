@@ -113,8 +113,12 @@ pub fn measure(
         for &v in &order {
             let relay = relays[v];
             let before = relay.map(|r| r.ticks());
+            let machine_before = procs::machine_busy_secs();
             match runner.bulk(routes[v], cfg.bulk_bytes) {
-                Ok(secs) => out[v].bulk_secs.push(secs),
+                Ok(secs) => {
+                    out[v].bulk_secs.push(secs);
+                    out[v].bulk_machine_secs.push(procs::machine_busy_secs() - machine_before);
+                }
                 Err(e) => out[v].errors.push(format!("bulk: {e}")),
             }
             if let (Some(relay), Some(before)) = (relay, before) {
@@ -146,9 +150,11 @@ pub fn measure(
         }
         eprint!(", burst");
         for &v in &order {
+            let machine_before = procs::machine_busy_secs();
             match runner.burst(routes[v], cfg.burst_conns, cfg.burst_rounds) {
                 Ok((secs, errors)) => {
                     out[v].burst_secs.push(secs);
+                    out[v].burst_machine_secs.push(procs::machine_busy_secs() - machine_before);
                     out[v].burst_errors += errors;
                 }
                 Err(e) => out[v].errors.push(format!("burst: {e}")),
@@ -285,6 +291,7 @@ fn orchestrate(args: &[String]) {
     } else {
         report.lab_error = Some("not run (pass --lab with the lab up, or use tests/bench-relay)".into());
     }
+    report.load_after = procs::load_average();
     print!("{}", report.table());
     let dir = out_dir();
     let written = std::fs::create_dir_all(&dir)

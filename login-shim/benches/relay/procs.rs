@@ -56,6 +56,31 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// CPU seconds the whole machine spent busy (not idle, not waiting for I/O)
+/// so far, over all cores: whatever ran, the client, the server and the
+/// relay included (and anything else on the machine, hence the load figures
+/// next to the results).
+pub fn machine_busy_secs() -> f64 {
+    let Ok(stat) = fs::read_to_string("/proc/stat") else { return 0.0 };
+    let Some(cpu) = stat.lines().next().and_then(|l| l.strip_prefix("cpu ")) else { return 0.0 };
+    let ticks: Vec<u64> = cpu.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal; guest time is already in user.
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| ticks.get(i)).sum();
+    busy as f64 / clock_ticks_per_second()
+}
+
+/// The machine's online cores.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// /proc/loadavg's 1-, 5- and 15-minute load averages.
+pub fn load_average() -> Option<[f64; 3]> {
+    let text = fs::read_to_string("/proc/loadavg").ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().ok());
+    Some([fields.next()??, fields.next()??, fields.next()??])
+}
+
 pub fn vm_rss_kib(pid: u32) -> io::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -133,6 +158,8 @@ impl Shim {
         fs::write(&salloc, STAND_IN_SALLOC)?;
         fs::set_permissions(&salloc, fs::Permissions::from_mode(0o755))?;
         let mut child = Command::new(env!("CARGO_BIN_EXE_vscode-shim"))
+            // A job of its own through the stand-in salloc, not a profile's.
+            .arg("--no-profile")
             .arg("--salloc")
             .arg(&salloc)
             .args(["--scancel", "/bin/true", "--squeue", "/bin/true", "--scontrol", "/bin/true"])
@@ -236,14 +263,22 @@ impl Socat {
     pub fn local(target: SocketAddr) -> io::Result<Socat> {
         let port = crate::work::free_port()?;
         let mut command = Command::new("socat");
-        command.arg(listen_spec(port)).arg(format!("TCP:{target}"));
+        command.arg(listen_spec(port)).arg(connect_spec(target));
         Socat::start(command, port, |c| vec![c.id()])
     }
 }
 
-/// socat's listening address: the options, bound to loopback.
+/// socat's listening address: the options, bound to loopback, with
+/// Nagle off like every other socket in the benchmark (the client, the
+/// server and the shim all set TCP_NODELAY), so the round trips compare
+/// relays, not Nagle's algorithm.
 pub fn listen_spec(port: u16) -> String {
-    format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,backlog=1024,reuseaddr")
+    format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,backlog=1024,reuseaddr,nodelay")
+}
+
+/// socat's address towards the server, Nagle off as above.
+pub fn connect_spec(target: SocketAddr) -> String {
+    format!("TCP:{target},nodelay")
 }
 
 /// Whether process `pid` has a socket listening on `port` (by inode).
