@@ -395,8 +395,14 @@ async fn end_revoked_allocation(mut status: watch::Receiver<JobStatus>, salloc_g
         return;
     }
     tokio::time::sleep(REVOKED_GRACE).await;
-    if let Some(group) = salloc_group {
-        tracing::info!("the allocation was revoked and salloc is still waiting; ending it");
+    tracing::info!("the allocation was revoked and salloc is still waiting; ending it");
+    kill_group(salloc_group);
+}
+
+/// Ends salloc or a window's srun with everything it started (each runs as
+/// its own process group, see `job::with_session_streams`).
+fn kill_group(group: Option<i32>) {
+    if let Some(group) = group {
         let _ =
             nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), nix::sys::signal::Signal::SIGKILL);
     }
@@ -420,12 +426,7 @@ async fn end_window_of_lost_job(id: u32, squeue: std::path::PathBuf, srun_group:
         tracing::info!("job {id} is {state}; ending this window's srun");
         JOB_LOST.store(true, std::sync::atomic::Ordering::Relaxed);
         tokio::time::sleep(REVOKED_GRACE).await;
-        if let Some(group) = srun_group {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(group),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        kill_group(srun_group);
         return;
     }
 }
