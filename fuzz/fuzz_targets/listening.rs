@@ -5,12 +5,10 @@
 //! marker line's bound, and a stream without a marker line passes unchanged.
 
 #![no_main]
-
-use std::net::IpAddr;
 use std::os::unix::ffi::OsStrExt;
 
 use libfuzzer_sys::fuzz_target;
-use vscode_job_helper::listening::{ListeningScanner, Piece, Reach, Target, MAX_VALUE};
+use vscode_job_helper::listening::{ListeningScanner, Piece, Target, MAX_VALUE};
 
 mod common;
 
@@ -46,7 +44,6 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(run(&common::reads(choice, stream)), whole, "other reads, other result");
     assert_eq!(run(&common::bytewise(stream)), whole, "byte-wise reads, other result");
 
-    let published: IpAddr = "10.77.1.11".parse().unwrap();
     let mut at = 0;
     for piece in &whole {
         let Piece::Listening(listening) = piece else {
@@ -70,10 +67,7 @@ fuzz_target!(|data: &[u8]| {
             Target::Port(port) | Target::HostPort(_, port) => assert_ne!(*port, 0),
             Target::Socket(path) => assert_eq!(path.as_os_str().as_bytes(), value),
         }
-        if let Reach::Tcp(endpoint) = listening.reach(published) {
-            assert_ne!(endpoint.port(), 0);
-        }
-        let rewritten = listening.rewritten(4444);
+        let rewritten = listening.rewritten(4444, matches!(listening.target, Target::HostPort(..)));
         assert!(rewritten.starts_with(MARKER) && rewritten.ends_with(TERMINATOR));
     }
     assert_eq!(at, stream.len(), "bytes lost or added");

@@ -6,9 +6,9 @@
 //! the server's.
 
 use std::ffi::OsStr;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const MARKER: &[u8] = b"listeningOn==";
 const TERMINATOR: &[u8] = b"==";
@@ -36,37 +36,14 @@ pub struct Listening {
     pub original: Vec<u8>,
 }
 
-/// How the login node gets to a server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reach<'a> {
-    Tcp(SocketAddr),
-    /// Only through a TCP bridge on the node.
-    Unix(&'a Path),
-}
-
 impl Listening {
-    /// A server the script placed on loopback or on every interface is
-    /// reached at the published address (the rewritten launch line made it
-    /// listen there).
-    pub fn reach(&self, published: IpAddr) -> Reach<'_> {
-        match self.target {
-            Target::Port(port) => Reach::Tcp(SocketAddr::new(published, port)),
-            Target::HostPort(host, port) if host.is_loopback() || host.is_unspecified() => {
-                Reach::Tcp(SocketAddr::new(published, port))
-            }
-            Target::HostPort(host, port) => Reach::Tcp(SocketAddr::new(host, port)),
-            Target::Socket(ref path) => Reach::Unix(path),
-        }
-    }
-
-    /// The line VS Code gets: the relay's port, in the form it expects for
-    /// this kind of server (a socket is offered as a TCP port because the
-    /// relay, not ssh, carries the connection).
-    pub fn rewritten(&self, relay_port: u16) -> Vec<u8> {
-        let value = match self.target {
-            Target::HostPort(..) => format!("{}:{relay_port}", Ipv4Addr::LOCALHOST),
-            Target::Port(_) | Target::Socket(_) => relay_port.to_string(),
-        };
+    /// The line VS Code gets: the relay's port, as `127.0.0.1:PORT` where
+    /// VS Code asked for a host and port (an exec server), else bare (a
+    /// socket is offered as a TCP port because the relay, not ssh, carries
+    /// the connection).
+    pub fn rewritten(&self, relay_port: u16, host_port: bool) -> Vec<u8> {
+        let value =
+            if host_port { format!("{}:{relay_port}", Ipv4Addr::LOCALHOST) } else { relay_port.to_string() };
         [MARKER, value.as_bytes(), TERMINATOR].concat()
     }
 }
@@ -325,35 +302,15 @@ mod tests {
     }
 
     #[test]
-    fn reach_follows_the_host() {
-        let published: IpAddr = "10.77.1.11".parse().unwrap();
-        let at = |target| Listening { target, original: Vec::new() }.reach(published).clone_tcp();
-        let node = |port| Some(SocketAddr::new(published, port));
-        assert_eq!(at(Target::Port(5)), node(5));
-        assert_eq!(at(Target::HostPort("127.0.0.1".parse().unwrap(), 6)), node(6));
-        assert_eq!(at(Target::HostPort("0.0.0.0".parse().unwrap(), 7)), node(7));
-        assert_eq!(at(Target::HostPort("::".parse().unwrap(), 7)), node(7));
-        assert_eq!(at(Target::HostPort(published, 8)), node(8));
-        assert_eq!(at(Target::HostPort("10.9.9.9".parse().unwrap(), 9)), Some("10.9.9.9:9".parse().unwrap()));
-        let socket = Listening { target: Target::Socket("/s".into()), original: Vec::new() };
-        assert_eq!(socket.reach(published), Reach::Unix(Path::new("/s")));
-    }
-
-    impl Reach<'_> {
-        fn clone_tcp(&self) -> Option<SocketAddr> {
-            match self {
-                Reach::Tcp(endpoint) => Some(*endpoint),
-                Reach::Unix(_) => None,
-            }
-        }
-    }
-
-    #[test]
     fn rewritten_keeps_the_form() {
-        let line = |target| Listening { target, original: Vec::new() }.rewritten(4444);
-        assert_eq!(line(Target::Port(5)), b"listeningOn==4444==");
-        assert_eq!(line(Target::HostPort("10.0.0.1".parse().unwrap(), 5)), b"listeningOn==127.0.0.1:4444==");
-        assert_eq!(line(Target::Socket("/s".into())), b"listeningOn==4444==");
+        let line = |target, host_port| Listening { target, original: Vec::new() }.rewritten(4444, host_port);
+        assert_eq!(line(Target::Port(5), false), b"listeningOn==4444==");
+        assert_eq!(
+            line(Target::HostPort("10.0.0.1".parse().unwrap(), 5), true),
+            b"listeningOn==127.0.0.1:4444=="
+        );
+        assert_eq!(line(Target::Socket("/s".into()), false), b"listeningOn==4444==");
+        assert_eq!(line(Target::Socket("/s".into()), true), b"listeningOn==127.0.0.1:4444==");
     }
 
     #[test]

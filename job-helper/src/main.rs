@@ -1,20 +1,20 @@
-//! Runs VS Code's launch script inside a Slurm job step: the script's loopback
-//! binds become the node's published address on the way in, and the
-//! server's `listeningOn` line becomes an endpoint control line for
-//! `vscode-shim` plus the relay's port on the way out.
+//! Runs VS Code's launch script inside a Slurm job step: on the way in the
+//! script's loopback binds move the server somewhere only this session
+//! reaches (a private unix socket where it can), and on the way out the
+//! server's `listeningOn` line opens a door for it on the node's published
+//! address, announced to `vscode-shim` in a control line, with the relay's
+//! port for VS Code.
 
 mod keeper;
 mod logging;
 mod shell;
-mod socket_bridge;
 
 use std::collections::HashMap;
 use std::env::VarError;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::error::ErrorKind;
@@ -22,13 +22,14 @@ use clap::{ArgAction, Parser, Subcommand};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
-use vscode_job_helper::bind_rewrite::BindRewriter;
-use vscode_job_helper::listening::{Listening, ListeningScanner, Piece, Reach, Target};
+use vscode_job_helper::bind_rewrite::{BindRewriter, Conversions, SocketNames};
+use vscode_job_helper::listening::{Listening, ListeningScanner, Piece, Target};
+use vscode_slurm_door::door::{self, Target as DoorTarget};
+use vscode_slurm_protocol::door::DoorKey;
 use vscode_slurm_protocol::{self as protocol, env, ControlMessage, Nonce};
 
 use crate::keeper::client::{Event, KeptShell};
 use crate::shell::Shell;
-use crate::socket_bridge::Peers;
 
 /// How long the script's processes get between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(2);
@@ -43,8 +44,10 @@ const USAGE: i32 = 2;
 /// Runs VS Code's launch script (read from stdin) inside a Slurm job step.
 ///
 /// Started by vscode-shim through `srun`; the step's environment carries
-/// the session (VSCODE_SLURM_NONCE, VSCODE_SLURM_RELAY_PORT) and the node's
-/// published address (VSCODE_SLURM_BIND_ADDR, from the spank_vscode plugin).
+/// the session (VSCODE_SLURM_NONCE, VSCODE_SLURM_DOOR_KEY,
+/// VSCODE_SLURM_RELAY_PORT), the node's published address
+/// (VSCODE_SLURM_BIND_ADDR) and the job's private runtime directory
+/// (VSCODE_SLURM_RUNTIME_DIR), both from the spank_vscode plugin.
 #[derive(Debug, Parser)]
 #[command(name = "vscode-job-helper", version)]
 struct Cli {
@@ -64,7 +67,7 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
 
-    /// Address servers bind and are reached at, instead of VSCODE_SLURM_BIND_ADDR.
+    /// Address the door listens on, instead of VSCODE_SLURM_BIND_ADDR.
     #[arg(long, value_name = "ADDR")]
     bind_addr: Option<IpAddr>,
 
@@ -97,6 +100,14 @@ enum Mode {
         /// The scontrol program.
         #[arg(long, value_name = "PATH", default_value = "scontrol", hide = true)]
         scontrol: PathBuf,
+    },
+    /// Open one door in front of TARGET (HOST:PORT or a socket path), say
+    /// where in a control line, and serve it until stdin closes: what a
+    /// window does for its server, alone, for benchmarks and tests.
+    #[command(hide = true)]
+    Door {
+        #[arg(long, value_name = "TARGET")]
+        to: String,
     },
 }
 
@@ -156,9 +167,12 @@ fn fail(message: std::fmt::Arguments<'_>) -> ! {
 /// What the step's environment says about this session.
 struct Session {
     nonce: Nonce,
+    door_key: Arc<DoorKey>,
     relay_port: u16,
+    /// Where doors listen: the address the login node reaches this node at.
     bind: IpAddr,
-    peers: Peers,
+    /// Where servers moved off TCP put their sockets.
+    sockets: Option<SocketNames>,
 }
 
 const START_WITH_SHIM: &str = "start sessions with vscode-shim";
@@ -167,6 +181,8 @@ impl Session {
     fn from_env(cli: &Cli) -> Result<Session, String> {
         let nonce = Nonce::parse(&required(env::NONCE, "the helper was not started by vscode-shim")?)
             .map_err(|e| format!("{} is malformed ({e}); {START_WITH_SHIM}", env::NONCE))?;
+        let door_key = DoorKey::parse(&required(env::DOOR_KEY, "the helper was not started by vscode-shim")?)
+            .map_err(|e| format!("{} is malformed ({e}); {START_WITH_SHIM}", env::DOOR_KEY))?;
         let port_text = required(env::RELAY_PORT, "the helper was not started by vscode-shim")?;
         let relay_port = port_text.parse().ok().filter(|&port| port != 0).ok_or_else(|| {
             format!("{} is not a port number (1-65535): {port_text:?}; {START_WITH_SHIM}", env::RELAY_PORT)
@@ -186,7 +202,28 @@ impl Session {
                 })?
             }
         };
-        Ok(Session { nonce, relay_port, bind, peers: launch_node_peers() })
+        let sockets = match std::env::var_os(env::RUNTIME_DIR) {
+            Some(dir) => {
+                let names = SocketNames::new(Path::new(&dir), std::process::id());
+                if names.is_none() {
+                    tracing::info!(
+                        "{} {:?} cannot hold the server's socket (too long, or characters a shell would \
+                         interpret): servers stay on loopback, reachable by other users of this node",
+                        env::RUNTIME_DIR,
+                        dir
+                    );
+                }
+                names
+            }
+            None => {
+                tracing::info!(
+                    "{} is not set: servers stay on loopback, reachable by other users of this node",
+                    env::RUNTIME_DIR
+                );
+                None
+            }
+        };
+        Ok(Session { nonce, door_key: Arc::new(door_key), relay_port, bind, sockets })
     }
 }
 
@@ -195,26 +232,6 @@ fn required(name: &str, why_missing: &str) -> Result<String, String> {
         Ok(value) => Ok(value),
         Err(VarError::NotPresent) => Err(format!("{name} is not set: {why_missing}; {START_WITH_SHIM}")),
         Err(VarError::NotUnicode(_)) => Err(format!("{name} is not valid UTF-8; {START_WITH_SHIM}")),
-    }
-}
-
-/// The relay runs where srun was started, so only that node may use a
-/// socket bridge.
-fn launch_node_peers() -> Peers {
-    match std::env::var("SLURM_LAUNCH_NODE_IPADDR") {
-        Ok(text) => match text.parse() {
-            Ok(addr) => Peers::Only(addr),
-            Err(_) => {
-                tracing::warn!(
-                    "SLURM_LAUNCH_NODE_IPADDR {text:?} is not an address; socket bridges accept anyone"
-                );
-                Peers::Any
-            }
-        },
-        Err(_) => {
-            tracing::info!("SLURM_LAUNCH_NODE_IPADDR is not set; socket bridges accept anyone");
-            Peers::Any
-        }
     }
 }
 
@@ -237,6 +254,14 @@ fn main() {
         std::process::exit(runtime.block_on(keeper::run(options)));
     }
     let session = Session::from_env(&cli).unwrap_or_else(|message| fail(format_args!("{message}")));
+    if let Some(Mode::Door { to }) = &cli.command {
+        let target = match to.parse() {
+            Ok(addr) => DoorTarget::Tcp(addr),
+            Err(_) if to.starts_with('/') => DoorTarget::Unix(PathBuf::from(to)),
+            Err(_) => fail(format_args!("--to takes HOST:PORT or an absolute socket path, not {to:?}")),
+        };
+        std::process::exit(runtime.block_on(serve_one_door(session, target)));
+    }
     let keeper_dir = cli.through_keeper.then(|| {
         std::env::var_os(env::RUNTIME_DIR).map(PathBuf::from).unwrap_or_else(|| {
             fail(format_args!(
@@ -249,6 +274,26 @@ fn main() {
     // Not returning: the runtime would wait for the blocking read of our
     // stdin, which may never end.
     std::process::exit(code)
+}
+
+/// `vscode-job-helper door`: the door alone, announced like a server's.
+async fn serve_one_door(session: Session, target: DoorTarget) -> i32 {
+    let endpoint = match door::start(session.bind, target.clone(), Arc::clone(&session.door_key)).await {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            tracing::error!("cannot open a door on {} for {target}: {e}", session.bind);
+            return 1;
+        }
+    };
+    let mut stdout = tokio::io::stdout();
+    let line = protocol::encode(&session.nonce, &ControlMessage::Endpoint(endpoint));
+    if stdout.write_all(&line).await.and(stdout.flush().await).is_err() {
+        return 1;
+    }
+    let mut sink = [0u8; 4096];
+    let mut stdin = tokio::io::stdin();
+    while matches!(stdin.read(&mut sink).await, Ok(1..)) {}
+    0
 }
 
 /// Lets several sessions share one log path pattern.
@@ -340,18 +385,18 @@ async fn run(shell_path: &Path, session: Session, keeper_dir: Option<PathBuf>) -
     if stdout.write_all(&ready).await.and(stdout.flush().await).is_err() {
         tracing::info!("our stdout is gone before the script started");
     }
-    let rewrites = Arc::new(AtomicUsize::new(0));
+    let conversions = Arc::new(Mutex::new(Conversions::default()));
     let stdin_task = tokio::spawn(pump_stdin(
         tokio::io::stdin(),
         shell_in,
-        BindRewriter::new(session.bind),
-        rewrites.clone(),
+        BindRewriter::new(session.sockets.clone()),
+        conversions.clone(),
     ));
     // The script's stderr reaches VS Code's log unchanged.
     let mut stderr_task =
         tokio::spawn(async move { tokio::io::copy(&mut shell_err, &mut tokio::io::stderr()).await });
     let (broken_tx, broken_rx) = oneshot::channel();
-    let announcer = Announcer { session, rewrites, bridges: HashMap::new() };
+    let announcer = Announcer { session, conversions, doors: HashMap::new() };
     let mut stdout_task = tokio::spawn(async move {
         if let Err(e) = pump_stdout(shell_out, tokio::io::stdout(), announcer, notices).await {
             tracing::debug!("our stdout is gone: {e}");
@@ -407,7 +452,7 @@ async fn pump_stdin(
     mut from: impl AsyncRead + Unpin,
     to: Input,
     mut rewriter: BindRewriter,
-    rewrites: Arc<AtomicUsize>,
+    conversions: Arc<Mutex<Conversions>>,
 ) {
     let mut to = Some(to);
     let mut buf = vec![0u8; 16 * 1024];
@@ -421,12 +466,18 @@ async fn pump_stdin(
             }
         };
         let bytes = rewriter.feed(&buf[..n]);
-        rewrites.store(rewriter.rewrites(), Ordering::Relaxed);
+        publish(&conversions, &rewriter);
         forward(&mut to, &bytes).await;
     }
     let tail = rewriter.finish();
-    rewrites.store(rewriter.rewrites(), Ordering::Relaxed);
+    publish(&conversions, &rewriter);
     forward(&mut to, &tail).await;
+}
+
+fn publish(conversions: &Mutex<Conversions>, rewriter: &BindRewriter) {
+    if let Ok(mut shared) = conversions.lock() {
+        shared.clone_from(rewriter.conversions());
+    }
 }
 
 /// Once the shell stops reading, the rest of our stdin is only watched for
@@ -499,63 +550,118 @@ async fn pump_stdout(
 /// Turns a `listeningOn` line into what the shim and VS Code need.
 struct Announcer {
     session: Session,
-    /// Loopback binds rewritten in the script so far.
-    rewrites: Arc<AtomicUsize>,
-    /// VS Code may print the same socket again on a re-run; one bridge serves.
-    bridges: HashMap<PathBuf, SocketAddr>,
+    /// What the rewriter changed in the script so far.
+    conversions: Arc<Mutex<Conversions>>,
+    /// VS Code may print the same server again on a re-run; one door serves.
+    doors: HashMap<DoorTarget, SocketAddr>,
 }
 
 impl Announcer {
-    /// The bytes that replace the line's marker: the endpoint control line
-    /// first (the shim must know the target before VS Code can connect),
-    /// then the marker with the relay's port. A server that cannot be
-    /// reached is passed on unchanged.
+    /// The bytes that replace the line's marker: the door's endpoint control
+    /// line first (the shim must know it before VS Code can connect), then
+    /// the marker with the relay's port, in the form VS Code asked for. A
+    /// server that cannot be served is passed on unchanged.
     async fn announce(&mut self, listening: Listening) -> Vec<u8> {
-        let endpoint = match listening.reach(self.session.bind) {
-            Reach::Tcp(endpoint) => {
-                self.warn_if_loopback(&listening);
-                endpoint
+        let conversions = self.conversions.lock().map(|c| c.clone()).unwrap_or_default();
+        let target = match &listening.target {
+            Target::Port(port) => {
+                self.warn_on_tcp(&conversions);
+                DoorTarget::Tcp(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), *port))
             }
-            Reach::Unix(path) => match self.bridge(path).await {
-                Ok(endpoint) => endpoint,
-                Err(e) => {
-                    tracing::error!("cannot bridge to the server's socket {}: {e}", path.display());
+            Target::HostPort(host, port) => {
+                self.warn_on_tcp(&conversions);
+                DoorTarget::Tcp(SocketAddr::new(reachable_host(*host), *port))
+            }
+            Target::Socket(path) => match own_socket(path) {
+                Ok(()) => DoorTarget::Unix(path.clone()),
+                Err(why) => {
+                    tracing::error!("not serving the socket {}: {why}", path.display());
                     return listening.original;
                 }
             },
         };
-        tracing::info!("server reachable at {endpoint}; VS Code is told port {}", self.session.relay_port);
+        let endpoint = match self.door(target.clone()).await {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                tracing::error!("cannot open a door for the server at {target}: {e}");
+                return listening.original;
+            }
+        };
+        tracing::info!(
+            "server at {target}, behind door {endpoint}; VS Code is told port {}",
+            self.session.relay_port
+        );
         let mut bytes = protocol::encode(&self.session.nonce, &ControlMessage::Endpoint(endpoint));
-        bytes.extend_from_slice(&listening.rewritten(self.session.relay_port));
+        bytes.extend_from_slice(
+            &listening.rewritten(self.session.relay_port, self.asked_host_port(&listening, &conversions)),
+        );
         bytes
     }
 
-    async fn bridge(&mut self, path: &Path) -> io::Result<SocketAddr> {
-        if let Some(&endpoint) = self.bridges.get(path) {
+    /// An exec server we moved to a socket was asked for `HOST:PORT`; a
+    /// server whose socket name we chose, or one the script put on a socket
+    /// itself, is answered with a bare port.
+    fn asked_host_port(&self, listening: &Listening, conversions: &Conversions) -> bool {
+        match &listening.target {
+            Target::Socket(path) => {
+                let ours = self.session.sockets.as_ref().is_some_and(|names| names.is_ours(path));
+                !ours && conversions.exec_server
+            }
+            Target::HostPort(..) => true,
+            Target::Port(_) => false,
+        }
+    }
+
+    async fn door(&mut self, target: DoorTarget) -> std::io::Result<SocketAddr> {
+        if let Some(&endpoint) = self.doors.get(&target) {
             return Ok(endpoint);
         }
         let endpoint =
-            socket_bridge::start(self.session.bind, path.to_path_buf(), self.session.peers).await?;
-        self.bridges.insert(path.to_path_buf(), endpoint);
+            door::start(self.session.bind, target.clone(), Arc::clone(&self.session.door_key)).await?;
+        self.doors.insert(target, endpoint);
         Ok(endpoint)
     }
 
-    /// A bind that slipped past the rewriter fails only later, as "connection
-    /// refused" at the relay; say so where it is visible.
-    fn warn_if_loopback(&self, listening: &Listening) {
-        if self.session.bind.is_loopback() {
-            return;
-        }
-        match listening.target {
-            Target::HostPort(host, port) if host.is_loopback() => tracing::warn!(
-                "the server listens on {host}:{port}, unreachable from the login node: \
-                 the launch script's loopback bind was not rewritten"
-            ),
-            Target::Port(port) if self.rewrites.load(Ordering::Relaxed) == 0 => tracing::warn!(
-                "no loopback bind was rewritten in the launch script; if the server on port {port} \
-                 listens on loopback only, the relay will be refused"
-            ),
-            _ => {}
-        }
+    /// A server left on TCP is still reachable by other users of this node
+    /// (not of the cluster: the door is the only way in from the network).
+    fn warn_on_tcp(&self, conversions: &Conversions) {
+        let why = if conversions.count == 0 {
+            "no bind in the launch script could be moved to a private socket"
+        } else {
+            "the launch script did not use the socket it was given"
+        };
+        tracing::warn!("the server listens on TCP: {why}; other users of this node can reach its port");
     }
+}
+
+/// A server on loopback or on every interface is reached on loopback.
+fn reachable_host(host: IpAddr) -> IpAddr {
+    match host {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        other => other,
+    }
+}
+
+/// Serves only a socket the session's user owns, and closes it to everyone
+/// else: a server may have made it group- or world-connectable, and a path
+/// outside the runtime directory (the exec server picks its own) is in a
+/// directory others can list.
+fn own_socket(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if !meta.file_type().is_socket() {
+        return Err("it is not a socket".to_owned());
+    }
+    let me = nix::unistd::getuid().as_raw();
+    if meta.uid() != me {
+        return Err(format!("it belongs to uid {}, not to this session's user", meta.uid()));
+    }
+    if meta.mode() & 0o077 != 0 {
+        // Not a symlink (checked above), and ours: a stranger cannot swap it
+        // in a sticky or private directory.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+        tracing::info!("closed the server's socket {} to other users (mode 0600)", path.display());
+    }
+    Ok(())
 }

@@ -38,9 +38,12 @@ impl Shell {
     pub fn spawn(program: &Path) -> io::Result<(Shell, ChildStdin, ChildStdout, ChildStderr)> {
         let mut command = Command::new(program);
         command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        // The nonce is what makes a control line genuine; nothing the script
-        // starts (servers, the user's terminals) needs it or may learn it.
-        command.env_remove(env::NONCE).env_remove(env::RELAY_PORT);
+        // The nonce makes a control line genuine and the door key opens the
+        // door; nothing the script starts (servers, the user's terminals)
+        // needs them or may learn them.
+        for name in env::HIDDEN_FROM_SCRIPT {
+            command.env_remove(name);
+        }
         // A helper killed outright takes the shell with it; what the shell
         // started is left to the job's end and the epilog.
         // SAFETY: setsid and prctl are async-signal-safe and touch no memory of the parent.

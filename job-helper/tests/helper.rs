@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use vscode_slurm_protocol::{encode, ControlMessage, Nonce};
 
 const NONCE: &str = "00112233445566778899aabbccddeeff";
+const DOOR_KEY: &str = "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5";
 const BIND: &str = "127.0.0.2";
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -31,7 +32,12 @@ fn command(env: &[(&str, &str)]) -> Command {
 }
 
 fn session_env() -> Env {
-    vec![("VSCODE_SLURM_NONCE", NONCE), ("VSCODE_SLURM_RELAY_PORT", "4444"), ("VSCODE_SLURM_BIND_ADDR", BIND)]
+    vec![
+        ("VSCODE_SLURM_NONCE", NONCE),
+        ("VSCODE_SLURM_DOOR_KEY", DOOR_KEY),
+        ("VSCODE_SLURM_RELAY_PORT", "4444"),
+        ("VSCODE_SLURM_BIND_ADDR", BIND),
+    ]
 }
 
 impl Helper {
@@ -154,10 +160,10 @@ fn scratch_dir(name: &str) -> PathBuf {
 fn port_form_is_announced_and_rewritten() {
     let mut helper =
         Helper::start(&session_env(), "echo 'abc: start'\necho listeningOn==5555==\necho 'abc: end'\n");
-    assert_eq!(
-        helper.lines_until("abc: end"),
-        ["abc: start", &control_line("127.0.0.2:5555"), "listeningOn==4444==", "abc: end"]
-    );
+    let lines = helper.lines_until("abc: end");
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(parse_control_line(&lines[1]).ip().to_string(), BIND, "the door is on the published address");
+    assert_eq!([&lines[0], &lines[2], &lines[3]], ["abc: start", "listeningOn==4444==", "abc: end"]);
     helper.close_stdin();
     assert_eq!(helper.wait(WAIT).code(), Some(0));
 }
@@ -166,37 +172,47 @@ fn port_form_is_announced_and_rewritten() {
 fn the_script_never_sees_the_session_secret() {
     let helper = Helper::start(
         &session_env(),
-        "echo \"nonce=${VSCODE_SLURM_NONCE:-unset} port=${VSCODE_SLURM_RELAY_PORT:-unset} bind=$VSCODE_SLURM_BIND_ADDR\"\n",
+        "echo \"nonce=${VSCODE_SLURM_NONCE:-unset} key=${VSCODE_SLURM_DOOR_KEY:-unset} \
+         port=${VSCODE_SLURM_RELAY_PORT:-unset} bind=$VSCODE_SLURM_BIND_ADDR\"\n",
     );
-    assert_eq!(helper.next_line(), "nonce=unset port=unset bind=127.0.0.2");
+    assert_eq!(helper.next_line(), "nonce=unset key=unset port=unset bind=127.0.0.2");
 }
 
 #[test]
 fn host_port_form_keeps_its_form() {
     let helper = Helper::start(&session_env(), "echo listeningOn==127.0.0.1:6666==\necho done\n");
-    assert_eq!(
-        helper.lines_until("done"),
-        [&control_line("127.0.0.2:6666"), "listeningOn==127.0.0.1:4444==", "done"]
-    );
+    let lines = helper.lines_until("done");
+    assert_eq!(parse_control_line(&lines[0]).ip().to_string(), BIND);
+    assert_eq!([&lines[1], &lines[2]], ["listeningOn==127.0.0.1:4444==", "done"]);
 }
 
 #[test]
-fn loopback_binds_in_the_script_are_rewritten() {
-    let script = "echo --host=127.0.0.1 --port=0\necho \"--on-host 127.0.0.1\" --bind-addr=localhost:8080\n\
-                  echo --host=127.0.0.10\n";
-    let helper = Helper::start(&session_env(), script);
-    assert_eq!(helper.next_line(), "--host=127.0.0.2 --port=0");
-    assert_eq!(helper.next_line(), "--on-host 127.0.0.2 --bind-addr=127.0.0.2:8080");
-    assert_eq!(helper.next_line(), "--host=127.0.0.10");
+fn loopback_binds_in_the_script_move_to_private_sockets() {
+    let dir = scratch_dir("rewrite");
+    let mut env = session_env();
+    let dir_text = dir.display().to_string();
+    env.push(("VSCODE_SLURM_RUNTIME_DIR", &dir_text));
+    let script =
+        "echo --host=127.0.0.1 --port=0\necho \"--on-host 127.0.0.1 --on-port\" --bind-addr=localhost:8080\n\
+                  echo --host=127.0.0.10 --port=80\n";
+    let helper = Helper::start(&env, script);
+    let legacy = helper.next_line();
+    let socket = legacy.strip_prefix("--host=127.0.0.1 --socket-path=").expect(&legacy);
+    assert!(socket.starts_with(&format!("{dir_text}/server-")) && socket.ends_with("-1.sock"), "{legacy}");
+    let exec = helper.next_line();
+    assert!(exec.starts_with("--on-host 127.0.0.1 --on-socket --socket "), "{exec}");
+    assert!(exec.ends_with("-2.sock --bind-addr=localhost:8080"), "{exec}");
+    assert_eq!(helper.next_line(), "--host=127.0.0.10 --port=80");
+    drop(helper);
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn bind_addr_flag_overrides_the_environment() {
     let mut env = session_env();
     env.retain(|(name, _)| *name != "VSCODE_SLURM_BIND_ADDR");
-    let helper =
-        Helper::start_with(&env, &["--bind-addr", "::1"], "echo --host=127.0.0.1 --bind-addr=127.0.0.1:1\n");
-    assert_eq!(helper.next_line(), "--host=::1 --bind-addr=[::1]:1");
+    let helper = Helper::start_with(&env, &["--bind-addr", "::1"], "echo listeningOn==5==\n");
+    assert_eq!(parse_control_line(&helper.next_line()).ip().to_string(), "::1");
 }
 
 #[test]
@@ -292,6 +308,8 @@ fn bad_environment_or_arguments_give_one_line_and_code_2() {
     let cases: Vec<(Env, &[&str], &str)> = vec![
         (without("VSCODE_SLURM_BIND_ADDR"), &[], "VSCODE_SLURM_BIND_ADDR is not set"),
         (without("VSCODE_SLURM_NONCE"), &[], "VSCODE_SLURM_NONCE is not set"),
+        (without("VSCODE_SLURM_DOOR_KEY"), &[], "VSCODE_SLURM_DOOR_KEY is not set"),
+        (with("VSCODE_SLURM_DOOR_KEY", "XYZ"), &[], "VSCODE_SLURM_DOOR_KEY is malformed"),
         (without("VSCODE_SLURM_RELAY_PORT"), &[], "VSCODE_SLURM_RELAY_PORT is not set"),
         (with("VSCODE_SLURM_NONCE", "XYZ"), &[], "VSCODE_SLURM_NONCE is malformed"),
         (with("VSCODE_SLURM_RELAY_PORT", "0"), &[], "VSCODE_SLURM_RELAY_PORT is not a port"),
@@ -336,43 +354,57 @@ while True:
     c.close()
 "#;
 
-fn socket_session(name: &str, launch_node: &str) -> (Helper, SocketAddr, PathBuf) {
+fn socket_session(name: &str) -> (Helper, SocketAddr, PathBuf) {
     let dir = scratch_dir(name);
     std::fs::write(dir.join("server.py"), ECHO_SERVER).unwrap();
-    let mut env = session_env();
-    env.push(("SLURM_LAUNCH_NODE_IPADDR", launch_node));
-    let script = format!("/usr/bin/python3 {0}/server.py {0}/s.sock &\n", dir.display());
-    let helper = Helper::start(&env, &script);
+    let script = format!("umask 000; /usr/bin/python3 {0}/server.py {0}/s.sock &\n", dir.display());
+    let helper = Helper::start(&session_env(), &script);
     let endpoint = parse_control_line(&helper.next_line());
     assert_eq!(helper.next_line(), "listeningOn==4444==");
     (helper, endpoint, dir)
 }
 
+/// Connects to the door as the relay would, with `key`.
+fn through_door(endpoint: SocketAddr, key: &str) -> Result<String, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let key = vscode_slurm_protocol::door::DoorKey::parse(key).unwrap();
+        let mut conn = tokio::net::TcpStream::connect(endpoint).await.map_err(|e| e.to_string())?;
+        let status = vscode_slurm_door::handshake::open(&mut conn, &key).await.map_err(|e| e.to_string())?;
+        assert_eq!(status, vscode_slurm_protocol::door::Status::Forwarding);
+        conn.write_all(b"ping").await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        Ok(answer)
+    })
+}
+
 #[test]
-fn socket_form_is_bridged_for_the_launch_node() {
-    let (mut helper, endpoint, dir) = socket_session("bridge", "127.0.0.1");
+fn a_socket_server_is_served_through_the_door_and_closed_to_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let (mut helper, endpoint, dir) = socket_session("door");
     assert_eq!(endpoint.ip().to_string(), BIND);
     for _ in 0..2 {
-        let mut conn = TcpStream::connect(endpoint).unwrap();
-        conn.set_read_timeout(Some(WAIT)).unwrap();
-        conn.write_all(b"ping").unwrap();
-        let mut answer = String::new();
-        conn.read_to_string(&mut answer).unwrap();
-        assert_eq!(answer, "PING");
+        assert_eq!(through_door(endpoint, DOOR_KEY).unwrap(), "PING");
     }
+    let mode = std::fs::metadata(dir.join("s.sock")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the server made it world-connectable; the helper closes it");
     helper.close_stdin();
     assert_eq!(helper.wait(WAIT).code(), Some(0));
     std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
-fn socket_bridge_refuses_other_hosts() {
-    let (_helper, endpoint, dir) = socket_session("refuse", "127.0.0.9");
+fn the_door_refuses_another_key_and_raw_bytes() {
+    let (_helper, endpoint, dir) = socket_session("refuse");
+    let wrong = through_door(endpoint, &"b6".repeat(32)).unwrap_err();
+    assert!(wrong.contains("did not prove"), "{wrong}");
     let mut conn = TcpStream::connect(endpoint).unwrap();
     conn.set_read_timeout(Some(WAIT)).unwrap();
-    let _ = conn.write_all(b"ping");
+    let _ = conn.write_all(&[b'x'; 64]);
     let mut answer = Vec::new();
     let _ = conn.read_to_end(&mut answer);
-    assert!(answer.is_empty());
+    assert_eq!(answer.len(), vscode_slurm_protocol::door::HELLO_LEN, "nothing but the door's hello");
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStderr, Command};
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
+use vscode_slurm_protocol::door::DoorKey;
 use vscode_slurm_protocol::{env, Nonce};
 
 use crate::cli::Cli;
@@ -51,7 +52,7 @@ pub enum SallocEvent {
 ///
 /// `--export=ALL` because the launch script needs the user's normal
 /// environment (HOME above all), whatever the site's default is.
-pub fn salloc_command(cli: &Cli, nonce: &Nonce, relay_port: u16) -> Command {
+pub fn salloc_command(cli: &Cli, secrets: &Secrets, relay_port: u16) -> Command {
     let mut command = Command::new(&cli.salloc);
     command
         .arg("--vscode")
@@ -59,15 +60,34 @@ pub fn salloc_command(cli: &Cli, nonce: &Nonce, relay_port: u16) -> Command {
         .args(&cli.salloc_args)
         .args(["srun", "--export=ALL", "--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1"])
         .arg(&cli.helper);
-    with_session_streams(&mut command, nonce, relay_port);
+    with_session_streams(&mut command, secrets, relay_port);
     command
+}
+
+/// What only this shim and its window's helper know. Both travel in the
+/// step's environment (readable by the user and root only), never on a
+/// command line.
+pub struct Secrets {
+    /// Marks our control lines in the step's output.
+    pub nonce: Nonce,
+    /// Proves the relay and the door to each other.
+    pub door_key: std::sync::Arc<DoorKey>,
+}
+
+impl Secrets {
+    pub fn generate() -> Result<Secrets, String> {
+        let nonce = Nonce::generate().map_err(|e| format!("cannot make the session nonce: {e}"))?;
+        let door_key = DoorKey::generate().map_err(|e| format!("cannot make the door key: {e}"))?;
+        Ok(Secrets { nonce, door_key: std::sync::Arc::new(door_key) })
+    }
 }
 
 /// What the helper's step needs from us, whichever command starts it: the
 /// session in its environment, and our own pipes.
-pub fn with_session_streams(command: &mut Command, nonce: &Nonce, relay_port: u16) {
+pub fn with_session_streams(command: &mut Command, secrets: &Secrets, relay_port: u16) {
     command
-        .env(env::NONCE, nonce.as_str())
+        .env(env::NONCE, secrets.nonce.as_str())
+        .env(env::DOOR_KEY, secrets.door_key.as_hex())
         .env(env::RELAY_PORT, relay_port.to_string())
         // A group of its own, so salloc (or srun) and its children can be
         // ended together when the job is lost but they wait on a dead node.

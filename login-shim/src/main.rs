@@ -6,13 +6,10 @@ mod commands;
 mod doctor;
 mod job;
 mod logging;
-mod peer_uid;
 mod persistent;
 mod relay;
 mod sessions;
 mod setup;
-mod sock_diag;
-mod splice;
 mod streams;
 
 use std::fs::File;
@@ -25,7 +22,8 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::time::timeout;
-use vscode_slurm_protocol::{ControlFilter, Nonce, Piece};
+use vscode_slurm_protocol::door::DoorKey;
+use vscode_slurm_protocol::{ControlFilter, Piece};
 
 use crate::cli::{expand_pid, Cli};
 use crate::job::JobStatus;
@@ -101,6 +99,8 @@ struct Started {
     /// ready line), and the filter that read it.
     filter: ControlFilter,
     early: Vec<Piece>,
+    /// The relay proves it to the server's door.
+    door_key: std::sync::Arc<DoorKey>,
 }
 
 /// Tries at joining a profile's job; one fails when the job ends between
@@ -115,10 +115,10 @@ async fn start(cli: &Cli) -> Result<Started, String> {
     let mut signals = Signals::new().map_err(|e| format!("cannot handle signals: {e}"))?;
     let tee_stdin = open_tee(cli.tee_stdin.as_deref(), "--tee-stdin")?;
     let tee_stdout = open_tee(cli.tee_stdout.as_deref(), "--tee-stdout")?;
-    let nonce = Nonce::generate().map_err(|e| format!("cannot make the session nonce: {e}"))?;
+    let secrets = job::Secrets::generate()?;
     if cli.persistent() {
         let mut hangup = streams::watch_hangup();
-        let (step, id, filter, early) = start_window(cli, &mut signals, &mut hangup, &nonce, port).await?;
+        let (step, id, filter, early) = start_window(cli, &mut signals, &mut hangup, &secrets, port).await?;
         tracing::info!("relay listening on port {port}; window started in job {id}");
         return Ok(Started {
             listener,
@@ -129,14 +129,25 @@ async fn start(cli: &Cli) -> Result<Started, String> {
             joined: Some(id),
             filter,
             early,
+            door_key: secrets.door_key,
         });
     }
-    let salloc = job::salloc_command(cli, &nonce, port)
+    let salloc = job::salloc_command(cli, &secrets, port)
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", cli.salloc.display()))?;
     tracing::info!("relay listening on port {port}; salloc started");
-    let filter = ControlFilter::new(nonce);
-    Ok(Started { listener, signals, tee_stdin, tee_stdout, salloc, joined: None, filter, early: vec![] })
+    let filter = ControlFilter::new(secrets.nonce);
+    Ok(Started {
+        listener,
+        signals,
+        tee_stdin,
+        tee_stdout,
+        salloc,
+        joined: None,
+        filter,
+        early: vec![],
+        door_key: secrets.door_key,
+    })
 }
 
 /// Joins (or submits) the profile's job and starts this window's step in
@@ -146,16 +157,16 @@ async fn start_window(
     cli: &Cli,
     signals: &mut Signals,
     hangup: &mut tokio::sync::oneshot::Receiver<()>,
-    nonce: &Nonce,
+    secrets: &job::Secrets,
     port: u16,
 ) -> Result<(tokio::process::Child, u32, ControlFilter, Vec<Piece>), String> {
     let profile = persistent::profile(cli)?;
     for _ in 0..JOIN_TRIES {
         let (id, submitted) = join_or_submit(cli, &profile, signals, hangup).await?;
-        let mut step = persistent::step_command(cli, id, &profile, nonce, port)
+        let mut step = persistent::step_command(cli, id, &profile, secrets, port)
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", cli.srun.display()))?;
-        let mut filter = ControlFilter::new(nonce.clone());
+        let mut filter = ControlFilter::new(secrets.nonce.clone());
         let Some(stdout) = step.stdout.as_mut() else { unreachable!("step_command pipes stdout") };
         let stop = tokio::select! {
             ready = timeout(cli.connect_wait(), streams::wait_ready(stdout, &mut filter)) => match ready {
@@ -241,7 +252,8 @@ async fn run(cli: Cli) -> i32 {
             return 1;
         }
     };
-    let Started { listener, mut signals, tee_stdin, tee_stdout, mut salloc, joined, filter, early } = started;
+    let Started { listener, mut signals, tee_stdin, tee_stdout, mut salloc, joined, filter, early, door_key } =
+        started;
 
     let (Some(to_salloc), Some(from_salloc), Some(salloc_stderr)) =
         (salloc.stdin.take(), salloc.stdout.take(), salloc.stderr.take())
@@ -261,7 +273,7 @@ async fn run(cli: Cli) -> i32 {
     let stderr_task = tokio::spawn(job::follow_stderr(salloc_stderr, status_tx));
     let mut stdin_task = tokio::spawn(streams::forward_stdin(to_salloc, tee_stdin));
     let (server_gone_tx, mut server_gone) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(relay::serve(listener, endpoint_rx, cli.connect_wait(), server_gone_tx));
+    tokio::spawn(relay::serve(listener, endpoint_rx, door_key, cli.connect_wait(), server_gone_tx));
     let salloc_group = salloc.id().and_then(|pid| i32::try_from(pid).ok());
     tokio::spawn(end_revoked_allocation(status_rx.clone(), salloc_group));
     if let Some(id) = joined {

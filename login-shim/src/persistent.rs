@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 use tokio::time::{sleep, Instant};
-use vscode_slurm_protocol::{duration, Nonce};
+use vscode_slurm_protocol::duration;
 
 use crate::cli::Cli;
 use crate::job;
@@ -201,7 +201,7 @@ pub async fn wait_running(cli: &Cli, id: u32) -> Result<(), String> {
 
 /// One window: a step in the job running the helper, which has the keeper
 /// start the launch script.
-pub fn step_command(cli: &Cli, id: u32, profile: &str, nonce: &Nonce, relay_port: u16) -> Command {
+pub fn step_command(cli: &Cli, id: u32, profile: &str, secrets: &job::Secrets, relay_port: u16) -> Command {
     let mut command = Command::new(&cli.srun);
     command
         .arg(format!("--jobid={id}"))
@@ -209,7 +209,7 @@ pub fn step_command(cli: &Cli, id: u32, profile: &str, nonce: &Nonce, relay_port
         .arg(format!("--job-name={}", job_name(profile)))
         .arg(&cli.helper)
         .arg("--through-keeper");
-    job::with_session_streams(&mut command, nonce, relay_port);
+    job::with_session_streams(&mut command, secrets, relay_port);
     command
 }
 

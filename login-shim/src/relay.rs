@@ -1,16 +1,23 @@
 //! The port VS Code is told about: sshd connects here on the login node and
-//! we pass the bytes on to the server inside the job.
+//! we pass the bytes on to the server inside the job, through its door.
+//!
+//! Two checks guard each connection: only the session's user may connect
+//! here (the owner of the client's socket), and only the session's door may
+//! be what we connect to (it proves the session's key, see
+//! `vscode_slurm_door::handshake`).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
-
-use crate::{peer_uid, sock_diag, splice};
+use vscode_slurm_door::{handshake, owner, splice};
+use vscode_slurm_protocol::door::{DoorKey, Status};
 
 /// VS Code opens several connections at once when a window starts.
 const BACKLOG: u32 = 1024;
@@ -27,12 +34,13 @@ pub fn bind(host: IpAddr, port: u16) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// `server_gone` learns the endpoint when it refuses a connection: nothing
-/// listens there any more, so the session is over (VS Code's next
+/// `server_gone` learns the endpoint when its door says the server is gone
+/// (or was replaced by someone else's): the session is over (VS Code's next
 /// connection needs a new launch script, which means a new ssh session).
 pub async fn serve(
     listener: TcpListener,
     endpoint: watch::Receiver<Option<SocketAddr>>,
+    door_key: Arc<DoorKey>,
     connect_wait: Duration,
     server_gone: mpsc::Sender<SocketAddr>,
 ) {
@@ -42,9 +50,11 @@ pub async fn serve(
             Ok((client, peer)) => {
                 let endpoint = endpoint.clone();
                 let server_gone = server_gone.clone();
+                let door_key = Arc::clone(&door_key);
                 let open = Open::new();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(client, peer, our_uid, endpoint, connect_wait, server_gone).await {
+                    let session = Session { our_uid, door_key: &door_key, connect_wait, server_gone };
+                    if let Err(e) = handle(client, peer, endpoint, session).await {
                         tracing::info!("relay connection from {peer}: {e}");
                     }
                     drop(open);
@@ -98,22 +108,23 @@ impl Drop for Open {
     }
 }
 
+/// What every connection of the session shares.
+struct Session<'a> {
+    our_uid: u32,
+    door_key: &'a DoorKey,
+    connect_wait: Duration,
+    server_gone: mpsc::Sender<SocketAddr>,
+}
+
 async fn handle(
     mut client: TcpStream,
     peer: SocketAddr,
-    our_uid: u32,
     mut endpoint: watch::Receiver<Option<SocketAddr>>,
-    connect_wait: Duration,
-    server_gone: mpsc::Sender<SocketAddr>,
+    session: Session<'_>,
 ) -> io::Result<()> {
+    let Session { our_uid, door_key, connect_wait, server_gone } = session;
     let local = client.local_addr()?;
-    // The kernel's exact answer first; the TCP table (slow on a busy host)
-    // only for what it cannot tell.
-    let uid = match sock_diag::peer_uid(peer, local) {
-        Ok(Some(uid)) => Ok(Some(uid)),
-        Ok(None) | Err(_) => peer_uid::peer_uid(peer, local),
-    };
-    let uid = match uid {
+    let uid = match owner::established_owner(peer, local) {
         Ok(uid) => uid,
         Err(e) => {
             tracing::warn!("cannot tell who opened a relay connection ({e}); refusing it");
@@ -147,7 +158,8 @@ async fn handle(
     let mut server = match timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(server)) => server,
         Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            tracing::debug!("the session's server at {target} refused a connection");
+            // The door lives as long as the window's helper: it is gone too.
+            tracing::debug!("the session's door at {target} refused a connection");
             let _ = server_gone.try_send(target);
             return Ok(());
         }
@@ -162,6 +174,35 @@ async fn handle(
             return Ok(());
         }
     };
+    match handshake::open(&mut server, door_key).await {
+        Ok(Status::Forwarding) => {}
+        Ok(Status::ServerGone) => {
+            tracing::debug!("the door at {target} says the session's server is gone");
+            let _ = server_gone.try_send(target);
+            return Ok(());
+        }
+        Ok(Status::NotTheSessionsServer) => {
+            tracing::error!(
+                "the door at {target} found another user's process where the session's server was; \
+                 not forwarding"
+            );
+            let _ = server_gone.try_send(target);
+            return Ok(());
+        }
+        Ok(Status::Unreachable) => {
+            tracing::warn!(
+                "the door at {target} could not reach the session's server; closing a relay connection"
+            );
+            return Ok(());
+        }
+        Err(why) => {
+            tracing::error!(
+                "refused to forward to {target}: {why}, so it is not this session's door \
+                 (the window's helper may have died and someone else taken its port); not forwarding"
+            );
+            return Ok(());
+        }
+    }
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     tracing::debug!("relaying {peer} to {target}");
@@ -182,17 +223,32 @@ mod tests {
     /// Bounds every wait; none of these tests asserts on timing.
     const BOUND: Duration = Duration::from_secs(20);
 
-    /// The relay's whole path (accept, owner check, connect, relay) to `target`.
-    fn relay_to(target: SocketAddr) -> SocketAddr {
+    fn key() -> Arc<DoorKey> {
+        Arc::new(DoorKey::parse(&"5a".repeat(32)).unwrap())
+    }
+
+    /// The relay's whole path (accept, owner check, connect, handshake,
+    /// relay) to `door`; the receiver hears of a server that is gone.
+    fn relay_to_door(door: SocketAddr) -> (SocketAddr, mpsc::Receiver<SocketAddr>) {
         let listener = bind(IpAddr::V4(Ipv4Addr::LOCALHOST), 0).unwrap();
         let addr = listener.local_addr().unwrap();
-        let (endpoint, receiver) = watch::channel(Some(target));
-        let (gone, _) = mpsc::channel(1);
+        let (endpoint, receiver) = watch::channel(Some(door));
+        let (gone, gone_rx) = mpsc::channel(1);
         tokio::spawn(async move {
-            serve(listener, receiver, Duration::from_secs(5), gone).await;
+            serve(listener, receiver, key(), Duration::from_secs(5), gone).await;
             drop(endpoint);
         });
-        addr
+        (addr, gone_rx)
+    }
+
+    /// The same, with the session's door in front of a TCP `target`.
+    async fn relay_to(target: SocketAddr) -> SocketAddr {
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let door =
+            vscode_slurm_door::door::start(loopback, vscode_slurm_door::door::Target::Tcp(target), key())
+                .await
+                .unwrap();
+        relay_to_door(door).0
     }
 
     /// What a closed connection shows its reader: EOF, or a reset.
@@ -208,7 +264,7 @@ mod tests {
     #[tokio::test]
     async fn bytes_pass_both_ways_through_the_listener() {
         let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let relay = relay_to(backend.local_addr().unwrap());
+        let relay = relay_to(backend.local_addr().unwrap()).await;
         let mut client = TcpStream::connect(relay).await.unwrap();
         let (mut server, _) = timeout(BOUND, backend.accept()).await.unwrap().unwrap();
         let up: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -228,13 +284,63 @@ mod tests {
         assert!(got_up == up && got_down == down, "relayed bytes differ");
     }
 
+    /// A client that closes at once is refused (its socket is no longer
+    /// ESTABLISHED when its owner is checked) or relayed and closed; either
+    /// way no backend connection stays open.
     #[tokio::test]
     async fn a_client_that_closes_at_once_leaves_no_backend_connection() {
         let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let relay = relay_to(backend.local_addr().unwrap());
+        let relay = relay_to(backend.local_addr().unwrap()).await;
+        let (open_tx, mut open_rx) = watch::channel(0i32);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = backend.accept().await {
+                open_tx.send_modify(|n| *n += 1);
+                let open_tx = open_tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n @ 1..) = conn.read(&mut buf).await {
+                        let _ = conn.write_all(&buf[..n]).await;
+                    }
+                    open_tx.send_modify(|n| *n -= 1);
+                });
+            }
+        });
         drop(TcpStream::connect(relay).await.unwrap());
-        let (mut server, _) = timeout(BOUND, backend.accept()).await.expect("relay connected").unwrap();
-        assert_closed(&mut server, "the backend connection").await;
+        // A well-behaved client afterwards still gets through ...
+        let mut client = TcpStream::connect(relay).await.unwrap();
+        client.write_all(b"ping").await.unwrap();
+        let mut pong = [0u8; 4];
+        timeout(BOUND, client.read_exact(&mut pong)).await.expect("echo came back").unwrap();
+        assert_eq!(&pong, b"ping");
+        drop(client);
+        // ... and once it is gone, nothing is left open at the backend.
+        timeout(BOUND, open_rx.wait_for(|&n| n == 0)).await.expect("backend connections closed").unwrap();
+    }
+
+    #[tokio::test]
+    async fn something_that_is_not_the_door_gets_no_byte() {
+        let impostor = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (relay, _gone) = relay_to_door(impostor.local_addr().unwrap());
+        let mut client = TcpStream::connect(relay).await.unwrap();
+        client.write_all(b"GET /?tkn=secret HTTP/1.0\r\n\r\n").await.unwrap();
+        let (mut conn, _) = timeout(BOUND, impostor.accept()).await.expect("relay connected").unwrap();
+        conn.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello from bob, send me the token please").await.unwrap();
+        let mut got = Vec::new();
+        let _ = timeout(BOUND, conn.read_to_end(&mut got)).await.expect("relay closed");
+        assert!(got.is_empty(), "the impostor got {got:?}");
+        assert_closed(&mut client, "the client connection").await;
+    }
+
+    #[tokio::test]
+    async fn a_door_whose_server_is_gone_ends_the_session() {
+        let dir = std::env::temp_dir().join(format!("relay-gone-{}", std::process::id()));
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let target = vscode_slurm_door::door::Target::Unix(dir.join("none.sock"));
+        let door = vscode_slurm_door::door::start(loopback, target, key()).await.unwrap();
+        let (relay, mut gone) = relay_to_door(door);
+        let mut client = TcpStream::connect(relay).await.unwrap();
+        assert_eq!(timeout(BOUND, gone.recv()).await.expect("told the server is gone"), Some(door));
+        assert_closed(&mut client, "the client connection").await;
     }
 
     #[tokio::test]
@@ -243,7 +349,7 @@ mod tests {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             probe.local_addr().unwrap()
         };
-        let relay = relay_to(refused);
+        let relay = relay_to(refused).await;
         let mut client = TcpStream::connect(relay).await.unwrap();
         let _ = client.write_all(b"hello").await;
         assert_closed(&mut client, "the client connection").await;
@@ -252,7 +358,7 @@ mod tests {
     #[tokio::test]
     async fn a_resetting_backend_closes_the_client() {
         let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let relay = relay_to(backend.local_addr().unwrap());
+        let relay = relay_to(backend.local_addr().unwrap()).await;
         let mut client = TcpStream::connect(relay).await.unwrap();
         let (server, _) = timeout(BOUND, backend.accept()).await.expect("relay connected").unwrap();
         // Closing with zero linger sends a reset instead of a FIN.

@@ -19,6 +19,7 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 const STAND_IN: &str = r#"#!/bin/bash
 printf '%s\n' "$@" > "$STANDIN_DIR/args"
 printf '%s' "$VSCODE_SLURM_NONCE" > "$STANDIN_DIR/nonce"
+printf '%s' "$VSCODE_SLURM_DOOR_KEY" > "$STANDIN_DIR/door_key"
 echo $$ > "$STANDIN_DIR/pid"
 case "$STANDIN_MODE" in
   fail)
@@ -32,8 +33,8 @@ case "$STANDIN_MODE" in
 esac
 while IFS= read -r line; do
   case "$line" in
-    emit-endpoint)
-      printf '@@vscode-slurm@@ %s endpoint 127.0.0.1:%s\n' "$VSCODE_SLURM_NONCE" "$ECHO_PORT"
+    emit-endpoint\ *)
+      printf '@@vscode-slurm@@ %s endpoint 127.0.0.1:%s\n' "$VSCODE_SLURM_NONCE" "${line#emit-endpoint }"
       echo "listeningOn==$VSCODE_SLURM_RELAY_PORT==" ;;
     emit-forged)
       echo "@@vscode-slurm@@ ffffffffffffffffffffffffffffffff endpoint 127.0.0.1:1" ;;
@@ -105,6 +106,7 @@ struct Shim {
     stdout_seen: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
     dir: Dir,
+    echo_port: u16,
 }
 
 fn start(mode: &str, args: &[&str]) -> Shim {
@@ -119,6 +121,7 @@ fn start(mode: &str, args: &[&str]) -> Shim {
         "scontrol",
         "#!/bin/sh\necho \"JobId=7 JobName=vscode UserId=u(1000) JobState=TIMEOUT Reason=TimeLimit Dependency=(null)\"\n",
     );
+    let echo_port = echo_server();
     let mut command = Command::new(env!("CARGO_BIN_EXE_vscode-shim"));
     command
         .arg("--no-profile")
@@ -133,7 +136,7 @@ fn start(mode: &str, args: &[&str]) -> Shim {
         .args(args)
         .env("STANDIN_DIR", &dir.0)
         .env("STANDIN_MODE", mode)
-        .env("ECHO_PORT", echo_server().to_string())
+        .env("ECHO_PORT", echo_port.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -160,10 +163,31 @@ fn start(mode: &str, args: &[&str]) -> Shim {
         }
     });
     let stdin = child.stdin.take();
-    Shim { child, stdin, stdout, stdout_seen, stderr, dir }
+    Shim { child, stdin, stdout, stdout_seen, stderr, dir, echo_port }
 }
 
 impl Shim {
+    /// Opens a door (the helper's, with the key the shim gave the job) in
+    /// front of the echo server and has the job announce it.
+    fn emit_endpoint(&mut self) {
+        let key = vscode_slurm_protocol::door::DoorKey::parse(&self.dir.read("door_key"))
+            .expect("the shim's door key");
+        let target = vscode_slurm_door::door::Target::Tcp(([127, 0, 0, 1], self.echo_port).into());
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+                let door =
+                    vscode_slurm_door::door::start(loopback, target, std::sync::Arc::new(key)).await.unwrap();
+                tx.send(door.port()).unwrap();
+                std::future::pending::<()>().await
+            })
+        });
+        let door_port = rx.recv_timeout(Duration::from_secs(10)).expect("the door opened");
+        self.send(&format!("emit-endpoint {door_port}"));
+    }
+
     fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().unwrap();
         stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
@@ -286,7 +310,7 @@ fn session_relays_filters_and_ends_on_stdin_eof() {
     // A connection made before the endpoint is known waits for it.
     let early = thread::spawn(move || exchange(port, 1));
     thread::sleep(Duration::from_millis(300));
-    shim.send("emit-endpoint");
+    shim.emit_endpoint();
     let listening = shim.expect_line("listeningOn==");
     assert_eq!(listening.trim(), format!("listeningOn=={port}=="));
     early.join().unwrap();
@@ -325,7 +349,9 @@ fn session_relays_filters_and_ends_on_stdin_eof() {
     assert!(shim.shim_lines().is_empty(), "unexpected messages: {}", shim.stderr());
 
     let tee_in = std::fs::read_to_string(dir_probe.0.join(format!("in-{pid}"))).unwrap();
-    assert_eq!(tee_in, "port\nemit-forged\nemit-endpoint\n");
+    let tee_lines: Vec<&str> = tee_in.lines().collect();
+    assert_eq!(tee_lines[..2], ["port", "emit-forged"]);
+    assert!(tee_lines[2].starts_with("emit-endpoint ") && tee_lines.len() == 3, "{tee_in}");
     let tee_out = std::fs::read_to_string(dir_probe.0.join(format!("out-{pid}"))).unwrap();
     assert_eq!(tee_out, seen);
 }
@@ -471,7 +497,7 @@ fn other_users_are_refused() {
     }
     let mut shim = start("granted", &[]);
     let port = shim.relay_port();
-    shim.send("emit-endpoint");
+    shim.emit_endpoint();
     shim.expect_line("listeningOn==");
     // bash's /dev/tcp, run as nobody: prints whatever the relay sends until it closes.
     let output = Command::new("bash")

@@ -18,10 +18,18 @@ use std::net::SocketAddr;
 pub mod env {
     /// Set by the shim for the job step: the session's secret nonce.
     pub const NONCE: &str = "VSCODE_SLURM_NONCE";
+    /// Set by the shim for the job step: the key both ends of the door
+    /// handshake prove they hold (see [`crate::door`]). Never on a command
+    /// line, never in the launch script's environment.
+    pub const DOOR_KEY: &str = "VSCODE_SLURM_DOOR_KEY";
     /// Set by the shim: the login-side port VS Code will be told to use.
     pub const RELAY_PORT: &str = "VSCODE_SLURM_RELAY_PORT";
-    /// Set by the SPANK plugin in the step: the address servers may bind,
-    /// which is also the address the login node reaches them at.
+    /// What the helper takes out of the environment before the launch
+    /// script runs: the script, and everything it starts, must not learn
+    /// the session's secrets.
+    pub const HIDDEN_FROM_SCRIPT: [&str; 3] = [NONCE, DOOR_KEY, RELAY_PORT];
+    /// Set by the SPANK plugin in the step: the address the helper's door listens on,
+    /// which is also the address the login node reaches it at.
     pub const BIND_ADDR: &str = "VSCODE_SLURM_BIND_ADDR";
     /// Set by the SPANK plugin: the job-scoped runtime directory (0700, the
     /// user's), removed by the epilog.
@@ -34,6 +42,7 @@ pub mod env {
     pub const LINGER: &str = "VSCODE_SLURM_LINGER";
 }
 
+pub mod door;
 pub mod duration;
 
 /// Every control line starts with this, at the start of a line.
@@ -91,12 +100,14 @@ impl fmt::Debug for Nonce {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProtocolError {
     MalformedNonce,
+    MalformedDoorKey,
 }
 
 impl fmt::Display for ProtocolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProtocolError::MalformedNonce => f.write_str("the session nonce is not 32 lowercase hex digits"),
+            ProtocolError::MalformedDoorKey => f.write_str("the door key is not 64 lowercase hex digits"),
         }
     }
 }
@@ -106,9 +117,10 @@ impl std::error::Error for ProtocolError {}
 /// What the helper tells the shim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlMessage {
-    /// Where the server is reachable from the login node. Sent before the
-    /// rewritten `listeningOn` line so the relay knows its target before
-    /// VS Code can connect.
+    /// Where the server's door is reachable from the login node (the relay
+    /// authenticates there, see [`door`]). Sent before the rewritten
+    /// `listeningOn` line so the relay knows its target before VS Code can
+    /// connect.
     Endpoint(SocketAddr),
     /// The launch script's shell runs: the window has its place in the job.
     /// Until then the shim keeps VS Code's script to itself, so a job that

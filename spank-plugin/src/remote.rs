@@ -55,7 +55,7 @@ pub fn prepare_step(spank: &SpankHandle, config: &Config, linger: Duration) -> R
 
     spank_log(
         LogLevel::Verbose,
-        &format!("vscode: job {job_id}: servers bind {addr}, runtime dir {}", job_dir.display()),
+        &format!("vscode: job {job_id}: doors listen on {addr}, runtime dir {}", job_dir.display()),
     );
     Ok(())
 }

@@ -4,10 +4,11 @@
 # RemoteCommand, which runs it like `bash` reading a script.
 # Nothing here may read stdin: bash is reading the script from it.
 #
-# The loopback bind below is written out as a user would write it: the job helper rewrites
-# it to the node's published address on the way in, which is the only thing that makes the
-# server reachable from the login node. Port 0 lets the kernel pick a free port; code-server
-# logs the port it got, and that is what `listeningOn` reports.
+# The loopback bind below is written out as a user would write it: the job helper adds
+# `--socket <a private path>` in front of it on the way in, so code-server listens on a unix
+# socket in the job's 0700 runtime directory (it ignores --bind-addr then) and logs that path,
+# which is what `listeningOn` reports; the helper's door is the only way in. Without the
+# helper, port 0 lets the kernel pick a free port and the port is reported.
 #
 # code-server is the one tests/install-vscode-deps installs; the compute nodes see the
 # machine's /opt.
@@ -45,7 +46,9 @@ SERVER_PID=$!
 LISTENING_ON=
 WAIT_UNTIL=$((SECONDS + 60))
 while ((SECONDS < WAIT_UNTIL)); do
-    LISTENING_ON="$(sed -n 's|.*HTTP server listening on http://.*:\([0-9][0-9]*\)/.*|\1|p' "$SERVER_LOGFILE" 2>/dev/null | head -n 1)"
+    # A port, or the socket vscode-job-helper moved the server to.
+    LISTENING_ON="$(sed -n -e 's|.*HTTP server listening on http://.*:\([0-9][0-9]*\)/.*|\1|p' \
+        -e 's|.*HTTP server listening on \(/[^[:space:]]*\).*|\1|p' "$SERVER_LOGFILE" 2>/dev/null | head -n 1)"
     [[ -n "$LISTENING_ON" ]] && break
     kill -0 "$SERVER_PID" 2>/dev/null || break
     sleep 0.1

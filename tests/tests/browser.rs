@@ -148,13 +148,21 @@ fn vscode_workbench_in_chromium_runs_in_the_job_and_leaves_nothing() {
         .find_map(|l| l.strip_prefix("session ")?.split("socks=127.0.0.1:").nth(1)?.parse().ok())
         .unwrap_or_else(|| panic!("the client did not say its SOCKS port\n{}", dump(&session.client)));
 
-    // code-server listens on the node's own address only: the helper's rewrite of the
-    // script's loopback bind is what made it reachable from the login node.
+    // code-server (`--auth none`) listens on a unix socket in the job's private runtime
+    // dir, where the helper's rewrite put it; the only TCP listener of the session is the
+    // helper's door, on the node's own address.
     let addr = NODE_ADDR.iter().find(|(n, _)| *n == node).map(|(_, a)| *a).expect("a compute node");
+    let sockets = lab.sh_ok(None, &node, "ss -Hlxp || true");
+    let runtime = format!("/run/vscode-slurm/{job}/server-");
+    assert!(
+        sockets.lines().any(|l| l.contains(&runtime) && l.contains("node")),
+        "code-server does not listen on a socket in {runtime}*: {sockets}"
+    );
     let listeners = lab.sh_ok(None, &node, "ss -Hltnp | grep -v ':6818 ' || true");
-    assert!(listeners.contains("node"), "code-server does not listen on {node}: {listeners}");
+    assert!(!listeners.contains("node"), "code-server listens on TCP on {node}: {listeners}");
     for line in listeners.lines() {
         assert!(line.contains(&format!("{addr}:")), "{node} has a listener not on {addr}: {line}");
+        assert!(line.contains("vscode-job-help"), "{node} has a TCP listener that is not the door: {line}");
     }
     // And nothing on the laptop listens on the workbench's port: only SOCKS gets there.
     let laptop = lab.sh_ok(None, "laptop", "ss -Hltn");

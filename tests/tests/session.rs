@@ -17,7 +17,7 @@ fn node_addr(node: &str) -> &'static str {
 }
 
 /// The whole path in one mode: the answer comes from inside a job, on a
-/// compute node, from a server bound to the node's published address.
+/// compute node, from a server on a unix socket behind the helper's door.
 fn session_in_mode(mode: &str) {
     let lab = Lab::get();
     let mut session = Session::open(&lab, SessionOptions { mode, ..Default::default() });
@@ -42,17 +42,23 @@ fn session_in_mode(mode: &str) {
     let stat = lab.sh_ok(None, &node, &format!("stat -c '%U %a' {runtime_dir}"));
     assert_eq!(stat.trim(), "alice 700");
 
-    // Bound to the node's own address: neither loopback nor every address.
-    let addr = node_addr(&node);
+    // The server is on a unix socket, in the private runtime dir where the helper chose
+    // the path (legacy), and closed to other users in every mode.
     let local = session.field("local_addr");
-    if mode != "socket" {
-        assert!(local.starts_with(&format!("{addr}:")), "server bound {local}, not {addr}");
+    assert!(local.starts_with('/'), "the server listens on {local}, not on a unix socket");
+    if mode == "legacy" {
+        assert!(local.starts_with(&format!("{runtime_dir}/server-")), "legacy server socket {local}");
     }
-    let listeners = lab.sh_ok(None, &node, "ss -Hltn");
+    let mode_bits = lab.sh_ok(None, &node, &format!("stat -c '%U %a' {local}"));
+    assert_eq!(mode_bits.trim(), "alice 600", "the server's socket {local}");
+    // The only TCP listener of the session is the helper's door, on the node's own address.
+    let addr = node_addr(&node);
+    let listeners = lab.sh_ok(None, &node, "ss -Hltnp");
     let ours: Vec<&str> = listeners.lines().filter(|l| !l.contains(":6818")).collect();
-    assert!(!ours.is_empty(), "no listener on {node}");
+    assert!(!ours.is_empty(), "no door on {node}");
     for line in &ours {
         assert!(line.contains(&format!("{addr}:")), "{node} has a listener not on {addr}: {line}");
+        assert!(line.contains("vscode-job-help"), "{node} has a TCP listener that is not the door: {line}");
     }
 
     // The relay keeps working for later connections, as VS Code makes many.

@@ -54,7 +54,7 @@ pub async fn spawn(program: &Path, dir: &Path) -> io::Result<(KeptShell, Streams
         program: program.to_path_buf(),
         cwd: std::env::current_dir()?,
         env: std::env::vars_os()
-            .filter(|(key, _)| key != env::NONCE && key != env::RELAY_PORT)
+            .filter(|(key, _)| !env::HIDDEN_FROM_SCRIPT.iter().any(|hidden| key == hidden))
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect(),
     };

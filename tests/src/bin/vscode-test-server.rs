@@ -262,9 +262,13 @@ fn json_string(s: &str) -> String {
     out
 }
 
+/// Connections accepted so far: the stranger tests check that the server
+/// saw none but the session's own.
+static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn info_json(local: &str, peer: &str) -> String {
     format!(
-        "{{\"hostname\":{},\"job_id\":{},\"pid\":{},\"start_time\":{},\"local_addr\":{},\"peer_addr\":{},\"user\":{},\"runtime_dir\":{}}}",
+        "{{\"hostname\":{},\"job_id\":{},\"pid\":{},\"start_time\":{},\"local_addr\":{},\"peer_addr\":{},\"user\":{},\"runtime_dir\":{},\"connections\":{}}}",
         json_string(&hostname()),
         json_string(&std::env::var("SLURM_JOB_ID").unwrap_or_default()),
         std::process::id(),
@@ -274,6 +278,7 @@ fn info_json(local: &str, peer: &str) -> String {
         json_string(&std::env::var("USER").unwrap_or_default()),
         // Set only by the SPANK plugin, so it shows the job ran with --vscode.
         json_string(&std::env::var("VSCODE_SLURM_RUNTIME_DIR").unwrap_or_default()),
+        CONNECTIONS.load(std::sync::atomic::Ordering::SeqCst),
     )
 }
 
@@ -414,15 +419,18 @@ fn serve_unix(mut s: UnixStream, path: &Path) {
 
 fn serve(listener: Listener) -> ! {
     loop {
+        // Counted at accept, before a byte is read: a stranger that sends nothing counts too.
         match &listener {
             Listener::Tcp(l) => match l.accept() {
                 Ok((s, _)) => {
+                    CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     thread::spawn(move || serve_tcp(s));
                 }
                 Err(e) => accept_failed(e),
             },
             Listener::Unix(l, path) => match l.accept() {
                 Ok((s, _)) => {
+                    CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let path = path.clone();
                     thread::spawn(move || serve_unix(s, &path));
                 }

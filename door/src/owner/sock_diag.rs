@@ -1,7 +1,7 @@
 //! Who owns the client end of a loopback connection, asked of the kernel
 //! directly: one NETLINK_SOCK_DIAG request for the exact socket.
 //!
-//! [`crate::peer_uid`] finds the same answer by reading `/proc/net/tcp`,
+//! [`super::proc_table`] finds the same answer by reading `/proc/net/tcp`,
 //! which the kernel generates by walking every TCP socket of the host: on a
 //! login node with thousands of sockets (TIME_WAIT ones included) that costs
 //! milliseconds per connection, and the relay checks every connection. This
@@ -17,9 +17,7 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
 const INET_DIAG_NOCOOKIE: u32 = !0;
-/// Kernel TCP states whose sockets carry no owner.
-const TIME_WAIT: u8 = 6;
-const NEW_SYN_RECV: u8 = 12;
+use super::States;
 
 /// `struct nlmsghdr` (linux/netlink.h).
 #[repr(C)]
@@ -95,10 +93,15 @@ fn address(ip: IpAddr) -> (u8, [u8; 16]) {
     }
 }
 
-/// The uid owning the socket at `client` connected to `server`: `Ok(None)`
-/// when the kernel has no such socket here (another host or namespace) or
-/// it has no owner any more; `Err` when the question cannot be asked.
-pub fn peer_uid(client: SocketAddr, server: SocketAddr) -> io::Result<Option<u32>> {
+/// The uid owning the socket at `client` connected to `server`, if it is in
+/// one of `states`: `Ok(None)` when the kernel has no such socket here
+/// (another host or namespace), or only something else answers for that
+/// tuple. The kernel's exact lookup falls back to a *listening* socket on
+/// the tuple's local side once the connected socket is gone (a client that
+/// sent its bytes and reset), so the answer must name the very tuple asked
+/// for; TIME_WAIT and request sockets carry no owner at all. `Err` when the
+/// question cannot be asked.
+pub fn owner(client: SocketAddr, server: SocketAddr, states: States) -> io::Result<Option<u32>> {
     let (family, src) = address(client.ip());
     let (server_family, dst) = address(server.ip());
     if family != server_family {
@@ -149,7 +152,7 @@ pub fn peer_uid(client: SocketAddr, server: SocketAddr) -> io::Result<Option<u32
     let got = usize::try_from(got).map_err(|_| io::Error::last_os_error())?;
     // SAFETY: reinterpreting initialized u64s as bytes.
     let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), got) };
-    parse_answer(bytes)
+    parse_answer(bytes, &request.body.id, states)
 }
 
 fn netlink_socket() -> io::Result<OwnedFd> {
@@ -178,13 +181,17 @@ fn read<T: Copy + Default>(bytes: &[u8]) -> Option<T> {
     Some(value)
 }
 
-fn parse_answer(bytes: &[u8]) -> io::Result<Option<u32>> {
+fn parse_answer(bytes: &[u8], asked: &InetDiagSockId, states: States) -> io::Result<Option<u32>> {
     let header: NlMsgHdr = read(bytes).ok_or_else(|| io::Error::other("short netlink answer"))?;
     let body = &bytes[size_of::<NlMsgHdr>()..];
     match header.kind {
         SOCK_DIAG_BY_FAMILY => {
             let msg: InetDiagMsg = read(body).ok_or_else(|| io::Error::other("short sock_diag answer"))?;
-            Ok((msg.state != TIME_WAIT && msg.state != NEW_SYN_RECV).then_some(msg.uid))
+            let same = msg.id.sport == asked.sport
+                && msg.id.dport == asked.dport
+                && msg.id.src == asked.src
+                && msg.id.dst == asked.dst;
+            Ok((states.admit(msg.state) && same).then_some(msg.uid))
         }
         NLMSG_ERROR => {
             let errno: i32 = read(body).ok_or_else(|| io::Error::other("short netlink error"))?;
@@ -214,10 +221,10 @@ mod tests {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (accepted, peer) = listener.accept().unwrap();
         let local = accepted.local_addr().unwrap();
-        let uid = peer_uid(peer, local).unwrap();
+        let uid = owner(peer, local, States::Established).unwrap();
         assert_eq!(uid, Some(nix::unistd::getuid().as_raw()), "on {listen}");
         // The accepted side's tuple reversed is our own socket: also ours.
-        assert_eq!(peer_uid(local, peer).unwrap(), Some(nix::unistd::getuid().as_raw()));
+        assert_eq!(owner(local, peer, States::Established).unwrap(), Some(nix::unistd::getuid().as_raw()));
         drop(client);
         true
     }
@@ -232,6 +239,6 @@ mod tests {
     fn a_socket_that_does_not_exist_has_no_owner() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let stranger: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        assert_eq!(peer_uid(stranger, listener.local_addr().unwrap()).unwrap(), None);
+        assert_eq!(owner(stranger, listener.local_addr().unwrap(), States::Connected).unwrap(), None);
     }
 }

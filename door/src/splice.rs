@@ -1,4 +1,5 @@
-//! Zero-copy relaying between two TCP sockets with splice(2).
+//! Zero-copy relaying between two sockets (TCP or unix) with splice(2), for
+//! the shim's relay and the helper's door alike.
 //!
 //! Each direction moves bytes socket → pipe → socket inside the kernel: the
 //! pages the network stack received are handed to the pipe and from there to
@@ -9,7 +10,7 @@
 //!
 //! The sockets stay tokio's: readiness comes from its event loop (no
 //! polling, no timers), and each splice is a nonblocking call made only when
-//! the socket is ready, inside [`TcpStream::async_io`], which clears the
+//! the socket is ready, inside tokio's `async_io`, which clears the
 //! readiness and waits again when the call would block.
 //!
 //! What the relay guarantees about the connection:
@@ -23,13 +24,48 @@
 //! moves; the connection is then relayed by [`copy_bidirectional`] instead,
 //! and so are all later ones (said once in the log).
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::socket::{shutdown, Shutdown};
-use tokio::io::{copy_bidirectional, Interest};
-use tokio::net::TcpStream;
+use tokio::io::{copy_bidirectional, AsyncRead, AsyncWrite, Interest, Ready};
+use tokio::net::{TcpStream, UnixStream};
+
+/// A tokio socket splice can drive: tokio's TCP and unix streams offer the
+/// same readiness calls, but no trait of tokio's names them.
+pub trait Socket: AsRawFd + AsyncRead + AsyncWrite + Unpin {
+    fn io<R>(
+        &self,
+        interest: Interest,
+        call: impl FnMut() -> io::Result<R>,
+    ) -> impl Future<Output = io::Result<R>>;
+    fn ready_for(&self, interest: Interest) -> impl Future<Output = io::Result<Ready>>;
+    fn pending_error(&self) -> io::Result<Option<io::Error>>;
+}
+
+macro_rules! socket {
+    ($type:ty) => {
+        impl Socket for $type {
+            fn io<R>(
+                &self,
+                interest: Interest,
+                call: impl FnMut() -> io::Result<R>,
+            ) -> impl Future<Output = io::Result<R>> {
+                self.async_io(interest, call)
+            }
+            fn ready_for(&self, interest: Interest) -> impl Future<Output = io::Result<Ready>> {
+                self.ready(interest)
+            }
+            fn pending_error(&self) -> io::Result<Option<io::Error>> {
+                self.take_error()
+            }
+        }
+    };
+}
+socket!(TcpStream);
+socket!(UnixStream);
 
 /// What a direction's pipe grows to once it carries bulk data (a splice
 /// that fills half the pipe): fewer, larger splices and wake-ups per byte,
@@ -53,7 +89,7 @@ static NO_PIPES_LOGGED: AtomicBool = AtomicBool::new(false);
 /// Relays between `client` and `server` until both directions have ended
 /// (`Ok` with the bytes moved up and down) or either side fails (`Err`).
 /// Either way the caller drops, and so closes, both sockets.
-pub async fn relay(client: &mut TcpStream, server: &mut TcpStream) -> io::Result<(u64, u64)> {
+pub async fn relay<C: Socket, S: Socket>(client: &mut C, server: &mut S) -> io::Result<(u64, u64)> {
     if UNSUPPORTED.load(Ordering::Relaxed) {
         return copy_bidirectional(client, server).await;
     }
@@ -95,12 +131,12 @@ pub async fn relay(client: &mut TcpStream, server: &mut TcpStream) -> io::Result
 /// The pipe is always empty when this splices into it, so a splice into it
 /// that would block means `from` has nothing to read (not that the pipe is
 /// full), which is what clearing the read readiness must mean.
-async fn pump(from: &TcpStream, to: &TcpStream, mut pipe: Pipe, moved: &AtomicBool) -> io::Result<u64> {
+async fn pump<F: Socket, T: Socket>(from: &F, to: &T, mut pipe: Pipe, moved: &AtomicBool) -> io::Result<u64> {
     let (from_fd, to_fd) = (from.as_raw_fd(), to.as_raw_fd());
     let mut grown = false;
     let mut total = 0u64;
     loop {
-        let n = from.async_io(Interest::READABLE, || splice(from_fd, pipe.write_fd(), pipe.capacity)).await?;
+        let n = from.io(Interest::READABLE, || splice(from_fd, pipe.write_fd(), pipe.capacity)).await?;
         moved.store(true, Ordering::Relaxed);
         if n == 0 {
             shutdown(to_fd, Shutdown::Write).map_err(io::Error::from)?;
@@ -112,7 +148,7 @@ async fn pump(from: &TcpStream, to: &TcpStream, mut pipe: Pipe, moved: &AtomicBo
         }
         let mut left = n;
         while left > 0 {
-            let sent = to.async_io(Interest::WRITABLE, || splice(pipe.read_fd(), to_fd, left)).await?;
+            let sent = to.io(Interest::WRITABLE, || splice(pipe.read_fd(), to_fd, left)).await?;
             if sent == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -125,15 +161,15 @@ async fn pump(from: &TcpStream, to: &TcpStream, mut pipe: Pipe, moved: &AtomicBo
 /// Ends the relay when either socket reports an error (a reset, say), even
 /// while neither direction is reading from it: after a half-close, or while
 /// the direction that reads it waits to write. Never returns otherwise.
-async fn first_error(client: &TcpStream, server: &TcpStream) -> io::Error {
-    let (socket, ready) = tokio::select! {
-        ready = client.ready(Interest::ERROR) => (client, ready),
-        ready = server.ready(Interest::ERROR) => (server, ready),
+async fn first_error<C: Socket, S: Socket>(client: &C, server: &S) -> io::Error {
+    let (error, ready) = tokio::select! {
+        ready = client.ready_for(Interest::ERROR) => (client.pending_error(), ready),
+        ready = server.ready_for(Interest::ERROR) => (server.pending_error(), ready),
     };
     if let Err(e) = ready {
         return e;
     }
-    match socket.take_error() {
+    match error {
         Ok(Some(e)) | Err(e) => e,
         // A pump took the error first; it ends the relay all the same.
         Ok(None) => io::Error::new(io::ErrorKind::ConnectionReset, "the connection failed"),

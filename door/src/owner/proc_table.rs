@@ -10,9 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 const TABLES: [&str; 2] = ["/proc/net/tcp", "/proc/net/tcp6"];
 
-/// Kernel TCP states whose rows carry no owner (uid 0 whoever made them).
-const TIME_WAIT: u8 = 0x06;
-const NEW_SYN_RECV: u8 = 0x0C;
+use super::States;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
@@ -77,26 +75,27 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 
 /// The owner of the socket at `client` connected to `server`, searched in
 /// the text of one TCP table.
-pub fn find_uid(table: &str, client: SocketAddr, server: SocketAddr) -> Option<u32> {
+pub fn find_uid(table: &str, client: SocketAddr, server: SocketAddr, states: States) -> Option<u32> {
     let (client, server) = (canonical(client), canonical(server));
     table
         .lines()
         .filter_map(parse_row)
-        .filter(|row| row.state != TIME_WAIT && row.state != NEW_SYN_RECV)
+        .filter(|row| states.admit(row.state))
         .find(|row| canonical(row.local) == client && canonical(row.remote) == server)
         .map(|row| row.uid)
 }
 
-/// The uid owning the client end of an accepted connection, `None` when it
-/// is not in this host's tables (another host or network namespace).
-pub fn peer_uid(peer: SocketAddr, local: SocketAddr) -> io::Result<Option<u32>> {
+/// The uid owning the client end of an accepted connection, `None` when no
+/// ESTABLISHED row of this host's tables matches (another host or network
+/// namespace, or a socket already gone).
+pub fn owner(peer: SocketAddr, local: SocketAddr, states: States) -> io::Result<Option<u32>> {
     let mut unreadable = None;
     let mut read_any = false;
     for table in TABLES {
         match std::fs::read_to_string(table) {
             Ok(text) => {
                 read_any = true;
-                if let Some(uid) = find_uid(&text, peer, local) {
+                if let Some(uid) = find_uid(&text, peer, local, states) {
                     return Ok(Some(uid));
                 }
             }
@@ -167,27 +166,45 @@ mod tests {
     #[cfg(target_endian = "little")]
     fn finds_the_client_side_not_the_server_side() {
         // Our listener is 127.0.0.1:40000; the client socket is 127.0.0.1:43250.
-        assert_eq!(find_uid(TCP, addr("127.0.0.1:43250"), addr("127.0.0.1:40000")), Some(1000));
+        assert_eq!(
+            find_uid(TCP, addr("127.0.0.1:43250"), addr("127.0.0.1:40000"), States::Established),
+            Some(1000)
+        );
         // The accepted socket's row (reversed direction) belongs to whoever accepted.
-        assert_eq!(find_uid(TCP, addr("127.0.0.1:40000"), addr("127.0.0.1:43250")), Some(1001));
+        assert_eq!(
+            find_uid(TCP, addr("127.0.0.1:40000"), addr("127.0.0.1:43250"), States::Established),
+            Some(1001)
+        );
     }
 
     #[test]
     #[cfg(target_endian = "little")]
     fn time_wait_rows_and_strangers_are_not_matches() {
-        assert_eq!(find_uid(TCP, addr("127.0.0.1:45056"), addr("127.0.0.1:40000")), None);
-        assert_eq!(find_uid(TCP, addr("127.0.0.1:1"), addr("127.0.0.1:40000")), None);
+        assert_eq!(find_uid(TCP, addr("127.0.0.1:45056"), addr("127.0.0.1:40000"), States::Connected), None);
+        assert_eq!(
+            find_uid(TCP, addr("127.0.0.1:45056"), addr("127.0.0.1:40000"), States::Established),
+            None
+        );
+        assert_eq!(find_uid(TCP, addr("127.0.0.1:1"), addr("127.0.0.1:40000"), States::Established), None);
     }
 
     #[test]
     #[cfg(target_endian = "little")]
     fn v6_and_mapped_v4_are_matched() {
-        assert_eq!(find_uid(TCP6, addr("[::1]:54000"), addr("[::1]:8080")), Some(1002));
+        assert_eq!(find_uid(TCP6, addr("[::1]:54000"), addr("[::1]:8080"), States::Established), Some(1002));
         // A v6 socket talking to ::ffff:127.0.0.1, seen by a v4 listener as plain v4 ...
-        assert_eq!(find_uid(TCP6, addr("127.0.0.1:50000"), addr("127.0.0.1:40000")), Some(1003));
+        assert_eq!(
+            find_uid(TCP6, addr("127.0.0.1:50000"), addr("127.0.0.1:40000"), States::Established),
+            Some(1003)
+        );
         // ... and by a dual-stack listener as mapped.
         assert_eq!(
-            find_uid(TCP6, addr("[::ffff:127.0.0.1]:50000"), addr("[::ffff:127.0.0.1]:40000")),
+            find_uid(
+                TCP6,
+                addr("[::ffff:127.0.0.1]:50000"),
+                addr("[::ffff:127.0.0.1]:40000"),
+                States::Established
+            ),
             Some(1003)
         );
     }
@@ -241,7 +258,7 @@ mod tests {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (accepted, peer) = listener.accept().unwrap();
         assert_eq!(peer, client.local_addr().unwrap());
-        let uid = peer_uid(peer, accepted.local_addr().unwrap()).unwrap();
+        let uid = owner(peer, accepted.local_addr().unwrap(), States::Established).unwrap();
         assert_eq!(uid, Some(nix::unistd::getuid().as_raw()), "listening on {listen}");
         true
     }

@@ -1,0 +1,362 @@
+//! The door: the one listener of a session on the cluster network.
+//!
+//! It runs in the helper on the node's published address, in front of a
+//! server that listens where strangers cannot reach it (a unix socket in the
+//! job's private runtime directory, or loopback). Only a peer that proves
+//! the session's key gets through ([`crate::handshake`]); only then does the
+//! door connect to the server, and only to a server the session's user owns.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+use vscode_slurm_protocol::door::{DoorKey, Status};
+
+use crate::{handshake, owner, splice};
+
+/// Handshakes in progress at once; more peers are dropped at once, so a
+/// flood of silent connections costs the door a bounded amount.
+const MAX_PENDING: usize = 64;
+/// How long connecting to the server may take.
+const SERVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the server listens, as the door reaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Tcp(addr) => write!(f, "{addr}"),
+            Target::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Binds a door on `(bind, any port)` in front of `target` and serves it
+/// for as long as the runtime runs. Returns once it is bound, so its address
+/// can be announced before anyone tries it.
+pub async fn start(bind: IpAddr, target: Target, key: Arc<DoorKey>) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind((bind, 0)).await?;
+    let endpoint = listener.local_addr()?;
+    tracing::info!("door {endpoint} open in front of {target}");
+    tokio::spawn(serve(listener, endpoint, Arc::new(target), key));
+    Ok(endpoint)
+}
+
+async fn serve(listener: TcpListener, endpoint: SocketAddr, target: Arc<Target>, key: Arc<DoorKey>) {
+    let pending = Arc::new(Semaphore::new(MAX_PENDING));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Typically out of descriptors: back off instead of spinning.
+                tracing::warn!("door {endpoint}: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
+            tracing::warn!("door {endpoint}: dropped {peer}: {MAX_PENDING} handshakes already in progress");
+            continue;
+        };
+        let (target, key) = (Arc::clone(&target), Arc::clone(&key));
+        tokio::spawn(async move {
+            let mut stream = stream;
+            let admitted = match handshake::admit(&mut stream, &key).await {
+                Ok(admitted) => admitted,
+                Err(why) => {
+                    tracing::warn!("door {endpoint}: refused {peer}: {why}; nothing reached the server");
+                    return;
+                }
+            };
+            drop(permit);
+            let (status, server) = connect(&target).await;
+            if let Err(e) = admitted.answer(&mut stream, &key, status).await {
+                tracing::debug!("door {endpoint}: {peer} left before the answer: {e}");
+                return;
+            }
+            let Some(mut server) = server else { return };
+            let _ = stream.set_nodelay(true);
+            let moved = match &mut server {
+                Server::Tcp(server) => {
+                    let _ = server.set_nodelay(true);
+                    splice::relay(&mut stream, server).await
+                }
+                Server::Unix(server) => splice::relay(&mut stream, server).await,
+            };
+            match moved {
+                Ok((up, down)) => tracing::debug!("door {endpoint}: {peer} done, {up} bytes up, {down} down"),
+                Err(e) => tracing::debug!("door {endpoint}: {peer} ended: {e}"),
+            }
+        });
+    }
+}
+
+enum Server {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Connects to the server and checks that the session's user owns what
+/// answered there: a server that exited leaves its address to anyone.
+async fn connect(target: &Target) -> (Status, Option<Server>) {
+    let me = nix::unistd::getuid().as_raw();
+    let connected = match target {
+        Target::Unix(path) => timeout(SERVER_CONNECT_TIMEOUT, UnixStream::connect(path)).await.map(|r| {
+            r.and_then(|server| {
+                let uid = server.peer_cred()?.uid();
+                Ok((Some(uid), Server::Unix(server)))
+            })
+        }),
+        Target::Tcp(addr) => timeout(SERVER_CONNECT_TIMEOUT, TcpStream::connect(addr)).await.map(|r| {
+            r.and_then(|server| {
+                let ours = server.local_addr()?;
+                Ok((tcp_owner(*addr, ours), Server::Tcp(server)))
+            })
+        }),
+    };
+    match connected {
+        Ok(Ok((Some(uid), server))) if uid == me => (Status::Forwarding, Some(server)),
+        Ok(Ok((uid, _))) => {
+            let who = uid.map_or_else(|| "an unknown owner".to_owned(), |uid| format!("uid {uid}"));
+            tracing::error!(
+                "the server's address {target} is held by {who}, not by this session's user; not forwarding"
+            );
+            (Status::NotTheSessionsServer, None)
+        }
+        Ok(Err(e)) if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound) => {
+            tracing::info!("the server at {target} is gone: {e}");
+            (Status::ServerGone, None)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("cannot reach the server at {target}: {e}");
+            (Status::Unreachable, None)
+        }
+        Err(_) => {
+            tracing::warn!("the server at {target} did not accept within {SERVER_CONNECT_TIMEOUT:?}");
+            (Status::Unreachable, None)
+        }
+    }
+}
+
+/// The owner of the server's side of our connection, in whatever connected
+/// state it is by now (a server may have written and closed already). Right
+/// after connect() returns, the kernel may still be moving the server's side
+/// from a request to a full socket (no owner yet); the lookup is repeated a
+/// few times for that, and gives up with "unknown", which is refused.
+fn tcp_owner(server: SocketAddr, ours: SocketAddr) -> Option<u32> {
+    for _ in 0..20 {
+        match owner::owner(server, ours, owner::States::Connected) {
+            Ok(Some(uid)) => return Some(uid),
+            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => {
+                tracing::warn!("cannot tell who owns the server at {server}: {e}");
+                return None;
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Bounds every wait; none of these tests asserts on timing.
+    const BOUND: Duration = Duration::from_secs(20);
+
+    fn key(byte: u8) -> Arc<DoorKey> {
+        Arc::new(DoorKey::parse(&format!("{byte:02x}").repeat(32)).unwrap())
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("door-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A unix server that answers every connection with what it read,
+    /// reversed, and counts the bytes it was sent.
+    fn reversing_server(path: &std::path::Path) -> Arc<std::sync::atomic::AtomicUsize> {
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let server = tokio::net::UnixListener::bind(path).unwrap();
+        let counter = Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = server.accept().await {
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let _ = conn.read_to_end(&mut buf).await;
+                    counter.fetch_add(buf.len(), std::sync::atomic::Ordering::SeqCst);
+                    buf.reverse();
+                    let _ = conn.write_all(&buf).await;
+                });
+            }
+        });
+        seen
+    }
+
+    #[tokio::test]
+    async fn the_sessions_relay_gets_through_and_a_stranger_does_not() {
+        let dir = scratch("through");
+        let path = dir.join("server.sock");
+        let seen = reversing_server(&path);
+        let door = start("127.0.0.1".parse().unwrap(), Target::Unix(path), key(1)).await.unwrap();
+
+        let mut relay = TcpStream::connect(door).await.unwrap();
+        assert_eq!(
+            timeout(BOUND, handshake::open(&mut relay, &key(1))).await.unwrap().unwrap(),
+            Status::Forwarding
+        );
+        relay.write_all(b"abc").await.unwrap();
+        relay.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        timeout(BOUND, relay.read_to_end(&mut answer)).await.unwrap().unwrap();
+        assert_eq!(answer, b"cba");
+
+        // Another key: the door closes without a byte for the server.
+        let mut stranger = TcpStream::connect(door).await.unwrap();
+        let refused = timeout(BOUND, handshake::open(&mut stranger, &key(2))).await.unwrap();
+        assert!(matches!(refused, Err(handshake::Failure::WrongProof)), "{refused:?}");
+        // Raw bytes without a handshake: nothing past the hello comes back.
+        let mut raw = TcpStream::connect(door).await.unwrap();
+        raw.write_all(&[b'G'; 64]).await.unwrap();
+        raw.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut got = Vec::new();
+        let _ = timeout(BOUND, raw.read_to_end(&mut got)).await.unwrap();
+        assert_eq!(got.len(), vscode_slurm_protocol::door::HELLO_LEN, "only the hello: {got:?}");
+        assert_eq!(
+            seen.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "the server saw only the relay's bytes"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A handshake recorded by a tap between relay and door, replayed in
+    /// both directions on new connections, gets nowhere.
+    #[tokio::test]
+    async fn a_recorded_handshake_replayed_is_refused() {
+        let dir = scratch("replay");
+        let path = dir.join("server.sock");
+        let seen = reversing_server(&path);
+        let door = start("127.0.0.1".parse().unwrap(), Target::Unix(path), key(7)).await.unwrap();
+
+        // The tap: a plain TCP proxy that records both directions.
+        let tap = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tap_addr = tap.local_addr().unwrap();
+        let recording = tokio::spawn(async move {
+            let (mut from_relay, _) = tap.accept().await.unwrap();
+            let mut to_door = TcpStream::connect(door).await.unwrap();
+            let mut hello = [0u8; vscode_slurm_protocol::door::HELLO_LEN];
+            to_door.read_exact(&mut hello).await.unwrap();
+            from_relay.write_all(&hello).await.unwrap();
+            let mut proof = [0u8; vscode_slurm_protocol::door::PROOF_MESSAGE_LEN];
+            from_relay.read_exact(&mut proof).await.unwrap();
+            to_door.write_all(&proof).await.unwrap();
+            let mut answer = [0u8; vscode_slurm_protocol::door::ANSWER_LEN];
+            to_door.read_exact(&mut answer).await.unwrap();
+            from_relay.write_all(&answer).await.unwrap();
+            (hello, proof, answer)
+        });
+        let mut relay = TcpStream::connect(tap_addr).await.unwrap();
+        assert_eq!(
+            timeout(BOUND, handshake::open(&mut relay, &key(7))).await.unwrap().unwrap(),
+            Status::Forwarding
+        );
+        let (hello, proof, answer) = timeout(BOUND, recording).await.unwrap().unwrap();
+        drop(relay);
+
+        // The relay's recorded proof, replayed at the door.
+        let mut replay = TcpStream::connect(door).await.unwrap();
+        let mut fresh_hello = [0u8; vscode_slurm_protocol::door::HELLO_LEN];
+        replay.read_exact(&mut fresh_hello).await.unwrap();
+        assert_ne!(fresh_hello, hello, "the door's challenge is fresh");
+        replay.write_all(&proof).await.unwrap();
+        replay.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = timeout(BOUND, replay.read_to_end(&mut rest)).await.unwrap();
+        assert!(rest.is_empty(), "the door answered a replayed proof: {rest:?}");
+
+        // The door's recorded hello and answer, replayed at a relay.
+        let fake_door = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake_addr = fake_door.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = fake_door.accept().await.unwrap();
+            conn.write_all(&hello).await.unwrap();
+            let mut proof = [0u8; vscode_slurm_protocol::door::PROOF_MESSAGE_LEN];
+            conn.read_exact(&mut proof).await.unwrap();
+            conn.write_all(&answer).await.unwrap();
+            let mut sink = Vec::new();
+            let _ = conn.read_to_end(&mut sink).await;
+        });
+        let mut fooled = TcpStream::connect(fake_addr).await.unwrap();
+        let refused = timeout(BOUND, handshake::open(&mut fooled, &key(7))).await.unwrap();
+        assert!(matches!(refused, Err(handshake::Failure::WrongProof)), "{refused:?}");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0, "the server saw no byte");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_gone_server_is_reported_to_the_relay_only() {
+        let dir = scratch("gone");
+        let door =
+            start("127.0.0.1".parse().unwrap(), Target::Unix(dir.join("none.sock")), key(3)).await.unwrap();
+        let mut relay = TcpStream::connect(door).await.unwrap();
+        assert_eq!(
+            timeout(BOUND, handshake::open(&mut relay, &key(3))).await.unwrap().unwrap(),
+            Status::ServerGone
+        );
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let door = start("127.0.0.1".parse().unwrap(), Target::Tcp(closed), key(3)).await.unwrap();
+        let mut relay = TcpStream::connect(door).await.unwrap();
+        assert_eq!(
+            timeout(BOUND, handshake::open(&mut relay, &key(3))).await.unwrap().unwrap(),
+            Status::ServerGone
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_server_that_answers_and_closes_at_once_is_still_ours() {
+        let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = backend.local_addr().unwrap();
+        let banner = std::thread::spawn(move || {
+            use std::io::Write;
+            let (mut conn, _) = backend.accept().unwrap();
+            conn.write_all(b"banner").unwrap();
+        });
+        let (status, _server) = connect(&Target::Tcp(target)).await;
+        assert_eq!(status, Status::Forwarding);
+        banner.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_relay_refuses_what_is_not_a_door() {
+        let impostor = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = impostor.local_addr().unwrap();
+        let got = tokio::spawn(async move {
+            let (mut conn, _) = impostor.accept().await.unwrap();
+            conn.write_all(b"HTTP/1.1 200 OK\r\n\r\nwelcome, send me your token\n").await.unwrap();
+            let mut got = Vec::new();
+            let _ = timeout(Duration::from_secs(2), conn.read_to_end(&mut got)).await;
+            got
+        });
+        let mut relay = TcpStream::connect(addr).await.unwrap();
+        let refused = timeout(BOUND, handshake::open(&mut relay, &key(4))).await.unwrap();
+        assert!(matches!(refused, Err(handshake::Failure::NotADoor)), "{refused:?}");
+        drop(relay);
+        assert!(timeout(BOUND, got).await.unwrap().unwrap().is_empty(), "the impostor got bytes");
+    }
+}
