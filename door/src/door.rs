@@ -17,11 +17,17 @@ use tokio::sync::Semaphore;
 use tokio::time::timeout;
 use vscode_slurm_protocol::door::{DoorKey, Status};
 
+use crate::refusals::Refusals;
 use crate::{handshake, owner, splice};
 
-/// Handshakes in progress at once; more peers are dropped at once, so a
-/// flood of silent connections costs the door a bounded amount.
-const MAX_PENDING: usize = 64;
+static REFUSED: Refusals = Refusals::new("connections refused by the door");
+
+/// Handshakes in progress at once. The door accepts no more until one
+/// ends, so further peers wait in the kernel's backlog: a window opening
+/// makes VS Code open hundreds of connections at once, and none of them may
+/// be dropped, while a flood of silent connections costs the door a bounded
+/// amount (each holds a slot for at most the handshake's time-out).
+const MAX_PENDING: usize = 256;
 /// How long connecting to the server may take.
 const SERVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -55,6 +61,8 @@ pub async fn start(bind: IpAddr, target: Target, key: Arc<DoorKey>) -> io::Resul
 async fn serve(listener: TcpListener, endpoint: SocketAddr, target: Arc<Target>, key: Arc<DoorKey>) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING));
     loop {
+        // Never closed, so acquiring only waits.
+        let Ok(permit) = Arc::clone(&pending).acquire_owned().await else { return };
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -64,17 +72,15 @@ async fn serve(listener: TcpListener, endpoint: SocketAddr, target: Arc<Target>,
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
-            tracing::warn!("door {endpoint}: dropped {peer}: {MAX_PENDING} handshakes already in progress");
-            continue;
-        };
         let (target, key) = (Arc::clone(&target), Arc::clone(&key));
         tokio::spawn(async move {
             let mut stream = stream;
             let admitted = match handshake::admit(&mut stream, &key).await {
                 Ok(admitted) => admitted,
                 Err(why) => {
-                    tracing::warn!("door {endpoint}: refused {peer}: {why}; nothing reached the server");
+                    REFUSED.refused(|| {
+                        format!("door {endpoint}: refused {peer}: {why}; nothing reached the server")
+                    });
                     return;
                 }
             };
@@ -117,12 +123,14 @@ async fn connect(target: &Target) -> (Status, Option<Server>) {
                 Ok((Some(uid), Server::Unix(server)))
             })
         }),
-        Target::Tcp(addr) => timeout(SERVER_CONNECT_TIMEOUT, TcpStream::connect(addr)).await.map(|r| {
-            r.and_then(|server| {
-                let ours = server.local_addr()?;
-                Ok((tcp_owner(*addr, ours), Server::Tcp(server)))
-            })
-        }),
+        Target::Tcp(addr) => match timeout(SERVER_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(server)) => match server.local_addr() {
+                Ok(ours) => Ok(Ok((tcp_owner(*addr, ours).await, Server::Tcp(server)))),
+                Err(e) => Ok(Err(e)),
+            },
+            Ok(Err(e)) => Ok(Err(e)),
+            Err(elapsed) => Err(elapsed),
+        },
     };
     match connected {
         Ok(Ok((Some(uid), server))) if uid == me => (Status::Forwarding, Some(server)),
@@ -153,11 +161,12 @@ async fn connect(target: &Target) -> (Status, Option<Server>) {
 /// after connect() returns, the kernel may still be moving the server's side
 /// from a request to a full socket (no owner yet); the lookup is repeated a
 /// few times for that, and gives up with "unknown", which is refused.
-fn tcp_owner(server: SocketAddr, ours: SocketAddr) -> Option<u32> {
+async fn tcp_owner(server: SocketAddr, ours: SocketAddr) -> Option<u32> {
     for _ in 0..20 {
         match owner::owner(server, ours, owner::States::Connected) {
             Ok(Some(uid)) => return Some(uid),
-            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+            // No event tells when the kernel has finished; a short, bounded wait.
+            Ok(None) => tokio::time::sleep(Duration::from_millis(1)).await,
             Err(e) => {
                 tracing::warn!("cannot tell who owns the server at {server}: {e}");
                 return None;
@@ -326,6 +335,52 @@ mod tests {
             Status::ServerGone
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A window opening makes VS Code open many connections at once: more
+    /// than the door handles at a time wait their turn, none is dropped.
+    #[tokio::test]
+    async fn a_burst_larger_than_the_pending_bound_all_gets_through() {
+        let dir = scratch("burst");
+        let path = dir.join("server.sock");
+        let seen = reversing_server(&path);
+        let door = start("127.0.0.1".parse().unwrap(), Target::Unix(path), key(5)).await.unwrap();
+        let relays = (0..MAX_PENDING + 100).map(|i| async move {
+            let mut relay = TcpStream::connect(door).await?;
+            let status = handshake::open(&mut relay, &key(5))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            assert_eq!(status, Status::Forwarding);
+            relay.write_all(&[i as u8]).await?;
+            relay.shutdown().await?;
+            let mut answer = Vec::new();
+            relay.read_to_end(&mut answer).await?;
+            std::io::Result::Ok(answer.len())
+        });
+        let results = timeout(BOUND, futures_join_all(relays)).await.expect("the burst finished");
+        let failed: Vec<_> = results.iter().filter(|r| !matches!(r, Ok(1))).collect();
+        assert!(failed.is_empty(), "{} of {} failed: {:?}", failed.len(), results.len(), failed.first());
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), MAX_PENDING + 100);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Runs every future at once on the current task, in order of results.
+    async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+    where
+        F: std::future::Future + 'static,
+        F::Output: 'static,
+    {
+        let local = tokio::task::LocalSet::new();
+        let handles: Vec<_> = futures.map(|f| local.spawn_local(f)).collect();
+        local
+            .run_until(async move {
+                let mut out = Vec::new();
+                for handle in handles {
+                    out.push(handle.await.expect("a task of the burst panicked"));
+                }
+                out
+            })
+            .await
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! Both ends of the door handshake over a live connection, each bounded by
-//! [`HANDSHAKE_TIMEOUT`]. What is said is defined in
+//! Both ends of the door handshake over a live connection, bounded by
+//! [`HANDSHAKE_TIMEOUT`] (relay) and [`PROOF_TIMEOUT`] (door). What is said is defined in
 //! `vscode_slurm_protocol::door`; this only moves it.
 
 use std::fmt;
@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 use vscode_slurm_protocol::door::{
     self, Challenge, DoorKey, Status, ANSWER_LEN, HANDSHAKE_TIMEOUT, HELLO_LEN, PROOF_MESSAGE_LEN,
+    PROOF_TIMEOUT,
 };
 
 /// Why a handshake failed, for one log line.
@@ -18,6 +19,7 @@ pub enum Failure {
     NotADoor,
     /// The peer spoke it but did not prove the session's key.
     WrongProof,
+    /// The other end did not finish its part in time.
     TimedOut,
     Io(io::Error),
 }
@@ -27,7 +29,7 @@ impl fmt::Display for Failure {
         match self {
             Failure::NotADoor => f.write_str("it does not speak the door protocol"),
             Failure::WrongProof => f.write_str("it did not prove the session's key"),
-            Failure::TimedOut => write!(f, "no handshake within {}s", HANDSHAKE_TIMEOUT.as_secs()),
+            Failure::TimedOut => f.write_str("the handshake did not finish in time"),
             Failure::Io(e) => write!(f, "{e}"),
         }
     }
@@ -75,7 +77,7 @@ pub async fn admit<S: AsyncRead + AsyncWrite + Unpin>(
     key: &DoorKey,
 ) -> Result<Admitted, Failure> {
     let door_challenge = door::challenge().map_err(Failure::Io)?;
-    timeout(HANDSHAKE_TIMEOUT, async {
+    timeout(PROOF_TIMEOUT, async {
         stream.write_all(&door::hello(&door_challenge)).await?;
         let mut proof = [0u8; PROOF_MESSAGE_LEN];
         stream.read_exact(&mut proof).await?;

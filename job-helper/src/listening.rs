@@ -31,12 +31,18 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listening {
     pub target: Target,
-    /// The line's `listeningOn==X==` bytes, for passing it on unchanged when
-    /// it cannot be served.
+    /// The line's `listeningOn==X==` bytes as the script printed them.
     pub original: Vec<u8>,
 }
 
 impl Listening {
+    /// What VS Code gets for a server that cannot be served safely: a value
+    /// it cannot dial, so it fails at once instead of connecting to whatever
+    /// listens on that address on the login node.
+    pub fn unusable() -> Vec<u8> {
+        [MARKER, b"unavailable".as_slice(), TERMINATOR].concat()
+    }
+
     /// The line VS Code gets: the relay's port, as `127.0.0.1:PORT` where
     /// VS Code asked for a host and port (an exec server), else bare (a
     /// socket is offered as a TCP port because the relay, not ssh, carries

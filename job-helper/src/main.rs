@@ -203,6 +203,15 @@ impl Session {
             }
         };
         let sockets = match std::env::var_os(env::RUNTIME_DIR) {
+            Some(dir) if !private_dir(Path::new(&dir)) => {
+                tracing::info!(
+                    "{} {:?} is not a directory of this user's that only they can enter: servers stay \
+                     on loopback, reachable by other users of this node",
+                    env::RUNTIME_DIR,
+                    dir
+                );
+                None
+            }
             Some(dir) => {
                 let names = SocketNames::new(Path::new(&dir), std::process::id());
                 if names.is_none() {
@@ -227,6 +236,16 @@ impl Session {
     }
 }
 
+/// The plugin's runtime dir is the user's and 0700; an inherited or stray
+/// value naming anything else (`/tmp`, say) would put the server's socket
+/// where others can find or pre-create it.
+fn private_dir(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(dir).is_ok_and(|meta| {
+        meta.is_dir() && meta.uid() == nix::unistd::getuid().as_raw() && meta.mode() & 0o077 == 0
+    })
+}
+
 fn required(name: &str, why_missing: &str) -> Result<String, String> {
     match std::env::var(name) {
         Ok(value) => Ok(value),
@@ -236,6 +255,11 @@ fn required(name: &str, why_missing: &str) -> Result<String, String> {
 }
 
 fn main() {
+    // The environment holds the session's secrets; as a non-dumpable process
+    // its /proc files (environ included) are root's, so nothing else the
+    // user runs on the node, the launch script included, can read them.
+    // SAFETY: prctl with plain integer arguments touches no memory of ours.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let cli = Cli::parse_or_exit();
     if let Some(what) = &cli.generate {
         std::process::exit(generate(what));
@@ -559,8 +583,11 @@ struct Announcer {
 impl Announcer {
     /// The bytes that replace the line's marker: the door's endpoint control
     /// line first (the shim must know it before VS Code can connect), then
-    /// the marker with the relay's port, in the form VS Code asked for. A
-    /// server that cannot be served is passed on unchanged.
+    /// the marker with the relay's port, in the form VS Code asked for.
+    ///
+    /// A server that cannot be served is not passed on: VS Code would dial
+    /// its address on the login node, where anyone may be listening. It gets
+    /// a value it cannot connect to instead, and the reason goes to stderr.
     async fn announce(&mut self, listening: Listening) -> Vec<u8> {
         let conversions = self.conversions.lock().map(|c| c.clone()).unwrap_or_default();
         let target = match &listening.target {
@@ -575,16 +602,21 @@ impl Announcer {
             Target::Socket(path) => match own_socket(path) {
                 Ok(()) => DoorTarget::Unix(path.clone()),
                 Err(why) => {
-                    tracing::error!("not serving the socket {}: {why}", path.display());
-                    return listening.original;
+                    tracing::error!(
+                        "not serving the socket {}: {why}; reconnect to start again",
+                        path.display()
+                    );
+                    return Listening::unusable();
                 }
             },
         };
         let endpoint = match self.door(target.clone()).await {
             Ok(endpoint) => endpoint,
             Err(e) => {
-                tracing::error!("cannot open a door for the server at {target}: {e}");
-                return listening.original;
+                tracing::error!(
+                    "cannot open a door for the server at {target}: {e}; reconnect to start again"
+                );
+                return Listening::unusable();
             }
         };
         tracing::info!(
@@ -647,21 +679,112 @@ fn reachable_host(host: IpAddr) -> IpAddr {
 /// else: a server may have made it group- or world-connectable, and a path
 /// outside the runtime directory (the exec server picks its own) is in a
 /// directory others can list.
+///
+/// The path comes from the script's output, so nothing in it is trusted:
+/// its directory is opened and checked first (others must not be able to
+/// swap its entries), then the socket itself without following a link, and
+/// the mode is changed through that very descriptor.
 fn own_socket(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
-    if !meta.file_type().is_socket() {
+    use nix::fcntl::{open, openat, OFlag};
+    use nix::sys::stat::{fstat, Mode, SFlag};
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err("it is not a path to a file".to_owned());
+    };
+    let me = nix::unistd::getuid().as_raw();
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let dir = open(parent, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| format!("cannot open its directory: {e}"))?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let dir = unsafe { OwnedFd::from_raw_fd(dir) };
+    let dir_stat = fstat(dir.as_raw_fd()).map_err(|e| format!("cannot inspect its directory: {e}"))?;
+    if dir_stat.st_uid != me && dir_stat.st_uid != 0 {
+        return Err(format!("its directory belongs to uid {}", dir_stat.st_uid));
+    }
+    let sticky = dir_stat.st_mode & libc::S_ISVTX != 0;
+    if dir_stat.st_mode & 0o022 != 0 && !sticky {
+        return Err("others may replace it: its directory is writable by others".to_owned());
+    }
+    let socket = openat(
+        Some(dir.as_raw_fd()),
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open it: {e}"))?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(socket) };
+    let stat = fstat(socket.as_raw_fd()).map_err(|e| format!("cannot inspect it: {e}"))?;
+    if SFlag::from_bits_truncate(stat.st_mode & libc::S_IFMT) != SFlag::S_IFSOCK {
         return Err("it is not a socket".to_owned());
     }
-    let me = nix::unistd::getuid().as_raw();
-    if meta.uid() != me {
-        return Err(format!("it belongs to uid {}, not to this session's user", meta.uid()));
+    if stat.st_uid != me {
+        return Err(format!("it belongs to uid {}, not to this session's user", stat.st_uid));
     }
-    if meta.mode() & 0o077 != 0 {
-        // Not a symlink (checked above), and ours: a stranger cannot swap it
-        // in a sticky or private directory.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+    if stat.st_mode & 0o077 != 0 {
+        use std::os::unix::fs::PermissionsExt;
+        // The descriptor's own name: the socket opened above, whatever the path names now.
+        let by_fd = format!("/proc/self/fd/{}", socket.as_raw_fd());
+        std::fs::set_permissions(&by_fd, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
         tracing::info!("closed the server's socket {} to other users (mode 0600)", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch(name: &str, mode: u32) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("own-socket-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_served_socket_is_closed_to_others_and_links_are_refused() {
+        let dir = scratch("ok", 0o755);
+        let path = dir.join("s.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        own_socket(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+
+        // A link to it (or to anything else of ours) is not served and changes nothing.
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "x").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("link.sock")).unwrap();
+        assert!(own_socket(&dir.join("link.sock")).unwrap_err().contains("not a socket"));
+        assert!(own_socket(&victim).unwrap_err().contains("not a socket"));
+        assert_eq!(std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777, 0o644);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_socket_in_a_directory_others_may_change_is_refused() {
+        let dir = scratch("open", 0o777);
+        let path = dir.join("s.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let why = own_socket(&path).unwrap_err();
+        assert!(why.contains("writable by others"), "{why}");
+        // Sticky, like /tmp: others cannot replace our entries, so it is served.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        own_socket(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_a_private_directory_of_ours_holds_sockets() {
+        let private = scratch("private", 0o700);
+        assert!(private_dir(&private));
+        let shared = scratch("shared", 0o755);
+        assert!(!private_dir(&shared));
+        assert!(!private_dir(Path::new("/tmp")));
+        std::fs::remove_dir_all(&private).unwrap();
+        std::fs::remove_dir_all(&shared).unwrap();
+    }
 }

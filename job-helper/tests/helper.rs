@@ -189,6 +189,8 @@ fn host_port_form_keeps_its_form() {
 #[test]
 fn loopback_binds_in_the_script_move_to_private_sockets() {
     let dir = scratch_dir("rewrite");
+    // The plugin's runtime dir is private; only such a dir gets the sockets.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let mut env = session_env();
     let dir_text = dir.display().to_string();
     env.push(("VSCODE_SLURM_RUNTIME_DIR", &dir_text));
@@ -407,4 +409,12 @@ fn the_door_refuses_another_key_and_raw_bytes() {
     let _ = conn.read_to_end(&mut answer);
     assert_eq!(answer.len(), vscode_slurm_protocol::door::HELLO_LEN, "nothing but the door's hello");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A server that cannot be served safely is not passed on: VS Code would
+/// dial its address on the login node, where anyone may be listening.
+#[test]
+fn an_unservable_server_fails_closed() {
+    let helper = Helper::start(&session_env(), "echo listeningOn==/etc/passwd==\necho done\n");
+    assert_eq!(helper.lines_until("done"), ["listeningOn==unavailable==", "done"]);
 }

@@ -16,8 +16,11 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
+use vscode_slurm_door::refusals::Refusals;
 use vscode_slurm_door::{handshake, owner, splice};
 use vscode_slurm_protocol::door::{DoorKey, Status};
+
+static REFUSED: Refusals = Refusals::new("relay connections refused");
 
 /// VS Code opens several connections at once when a window starts.
 const BACKLOG: u32 = 1024;
@@ -131,11 +134,16 @@ async fn handle(
             return Ok(());
         }
     };
-    if uid != Some(our_uid) {
+    // The lookup named a tuple, not our socket: a stranger who connected
+    // from a port and reset may have left the tuple to a newer connection of
+    // the user's. Only while our side is still connected is its peer the one
+    // that was looked up.
+    let still_connected = owner::is_established(&client).unwrap_or(false);
+    if uid != Some(our_uid) || !still_connected {
         let uid = uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string());
-        tracing::warn!(
-            "refused a relay connection from uid {uid} (pid unknown) — only the session's own user may connect"
-        );
+        REFUSED.refused(|| {
+            format!("refused a relay connection from uid {uid} (pid unknown) — only the session's own user may connect")
+        });
         return Ok(());
     }
 

@@ -37,9 +37,13 @@ pub const PROOF_LEN: usize = 32;
 pub const HELLO_LEN: usize = MAGIC.len() + CHALLENGE_LEN;
 pub const PROOF_MESSAGE_LEN: usize = CHALLENGE_LEN + PROOF_LEN;
 pub const ANSWER_LEN: usize = 1 + PROOF_LEN;
-/// How long either end waits for the other's part of the handshake; a peer
-/// that sends nothing holds no more than this.
+/// How long the relay waits for the door's part of the handshake (the door
+/// may be busy with a burst: its backlog waits are in this too).
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long the door waits for the relay's proof. The relay answers the
+/// hello within one round trip, so this is short: a stranger who opens
+/// connections and sends nothing holds a door slot no longer than this.
+pub const PROOF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 const RELAY_ROLE: &[u8] = b"vscode-slurm door handshake: relay";
 const DOOR_ROLE: &[u8] = b"vscode-slurm door handshake: door";

@@ -283,7 +283,9 @@ fn a_recorded_handshake_replayed_at_the_door_gets_nothing() {
         .filter(|l| l.contains("connect(") && l.contains("sin_port=htons("))
         .find_map(|l| {
             let port = l.split("sin_port=htons(").nth(1)?.split(')').next()?;
-            let ip = l.split("inet_addr(\"").nth(1)?.split('"').next()?;
+            // With -xx strace writes even the address as \x escapes.
+            let escaped = l.split("inet_addr(\"").nth(1)?.split('"').next()?;
+            let ip = String::from_utf8(strace_bytes(&format!("\"{escaped}\""))?).ok()?;
             (ip != "127.0.0.1").then(|| format!("{ip}:{port}"))
         })
         .unwrap_or_else(|| panic!("no connect to the door in the tap:\n{trace}"));

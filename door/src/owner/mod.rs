@@ -42,12 +42,41 @@ pub fn established_owner(near: SocketAddr, far: SocketAddr) -> io::Result<Option
 
 /// Like [`established_owner`], with the states that may answer.
 pub fn owner(near: SocketAddr, far: SocketAddr, states: States) -> io::Result<Option<u32>> {
-    // The kernel's exact answer first; the TCP tables (slow on a busy host)
-    // only for what it cannot tell.
+    // The kernel's exact answer; the TCP tables only where it cannot be
+    // asked at all. Reading them costs milliseconds on a busy host, and a
+    // "no such socket" answer is final: falling back on it would let anyone
+    // who connects and resets make the relay read them every time.
     match sock_diag::owner(near, far, states) {
-        Ok(Some(uid)) => Ok(Some(uid)),
-        Ok(None) | Err(_) => proc_table::owner(near, far, states),
+        Ok(answer) => Ok(answer),
+        Err(e) => {
+            tracing::debug!("sock_diag cannot answer ({e}); reading the TCP tables");
+            proc_table::owner(near, far, states)
+        }
     }
+}
+
+/// Whether our own side of a connection is still ESTABLISHED (not reset
+/// or closing), asked of the socket itself.
+pub fn is_established(socket: &impl std::os::fd::AsRawFd) -> io::Result<bool> {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `info`, which has
+    // room for them; the descriptor is borrowed for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zero-initialised plain data, partly filled in by the kernel.
+    let info = unsafe { info.assume_init() };
+    Ok(info.tcpi_state == 1)
 }
 
 #[cfg(test)]
@@ -110,6 +139,8 @@ mod tests {
             None,
             "the listener on the client's address answered for a client that is gone"
         );
+        // And the accepted socket itself says it is no longer connected.
+        assert!(!is_established(&_accepted).unwrap());
         drop(listener_fd);
     }
 
@@ -121,6 +152,7 @@ mod tests {
         let me = nix::unistd::getuid().as_raw();
         assert_eq!(established_owner(peer, accepted.local_addr().unwrap()).unwrap(), Some(me));
         assert_eq!(established_owner(accepted.local_addr().unwrap(), peer).unwrap(), Some(me));
+        assert!(is_established(&accepted).unwrap());
         drop(client);
     }
 }

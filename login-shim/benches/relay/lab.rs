@@ -1,27 +1,35 @@
-//! The benchmark on the lab cluster's real path: a real Remote-SSH session
-//! (the emulator on `laptop`, ssh, sshd and `vscode-shim` on `login`, a job
-//! on `c1`) whose launch script starts this benchmark's server in the job
-//! instead of VS Code's. Two client placements are measured:
+//! The benchmark on the lab cluster's real path: a Remote-SSH session
+//! (the emulator on `laptop`, ssh, sshd and `vscode-shim` on `login`) whose
+//! "job" is the stand-in salloc (`procs`): it hands the session's nonce,
+//! door key and relay port to this benchmark, which starts the real door
+//! (`vscode-job-helper door`) with them on `c1` in front of the benchmark's
+//! server there, and passes the door's endpoint line back to the shim
+//! through the stand-in's stdout, as the helper would. Two client
+//! placements are measured:
 //!
 //! - `lab login→c1`: the client on `login` as the session's user, through
-//!   the shim's relay port across the lab network to `c1`. This is the
-//!   relay's hop exactly as VS Code's traffic takes it, without ssh's
-//!   encryption and single-threaded channel multiplexing, which would
+//!   the shim's relay port across the lab network to the door on `c1`. This
+//!   is the session's path exactly as VS Code's traffic takes it, without
+//!   ssh's encryption and single-threaded channel multiplexing, which would
 //!   otherwise set every number.
 //! - `lab laptop→ssh→c1`: the client on `laptop` through the session's own
 //!   `ssh -D` SOCKS port, which is how VS Code itself connects: what a user
-//!   sees end to end (ssh's cost included, the same for all three).
+//!   sees end to end (ssh's cost included, the same for all variants).
 //!
-//! "direct" is the server's own address on `c1`; socat runs on `login` as
-//! the user. The shim's and socat's CPU and memory are read from /proc of
-//! this (root) namespace; the lab's processes are found by their pid
-//! namespace.
+//! "direct" is the server's own address on `c1` (it listens on the node's
+//! lab address so that it can be reached without the door); "door alone"
+//! is the door's address, the client proving the session's key itself;
+//! socat runs on `login` as the user and goes straight to the server. The
+//! shim's, the door's and socat's CPU and memory are read from /proc of this
+//! (root) namespace; the lab's processes are found by their pid namespace.
 //!
-//! Session set-up is measured on separate sessions with the stock legacy
-//! launch script and test server, with timestamps added (see `setup_run`).
+//! Session set-up is measured on separate sessions with real Slurm, the
+//! stock legacy launch script and test server, with timestamps added (see
+//! `setup_run`).
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -29,10 +37,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use vscode_slurm_tests::{wait_until, Lab, LineProcess};
 
-use crate::procs::{self, Relay, Socat};
+use crate::procs::{self, Handoff, Relay, Socat, StepEnv};
 use crate::report::{Footprint, PathReport, SetupRun};
 use crate::work::Route;
-use crate::{Config, Runner};
+use crate::{Config, Runner, Way};
 
 const USER: &str = "alice";
 const OPEN_TIMEOUT: Duration = Duration::from_secs(90);
@@ -50,10 +58,21 @@ struct LabRunner<'a> {
 
 impl LabRunner<'_> {
     fn client(&self, route: Route, args: &[&str]) -> io::Result<String> {
-        let route = route.to_arg();
-        let mut argv = vec![self.exe.as_str(), "client", "--route", route.as_str()];
+        let arg = route.to_arg();
+        let mut argv = vec![self.exe.as_str(), "client", "--route", arg.as_str()];
         argv.extend_from_slice(args);
-        let out = self.lab.command(Some(USER), self.host, &argv).stdin(Stdio::null()).output()?;
+        let mut child = self
+            .lab
+            .command(Some(USER), self.host, &argv)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        // The door key goes on stdin, never on a command line.
+        if let (Some(key), Some(mut stdin)) = (route.door_key, child.stdin.take()) {
+            writeln!(stdin, "{}", key.as_hex())?;
+        }
+        let out = child.wait_with_output()?;
         let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if !out.status.success() || stdout.starts_with("error") {
             return Err(io::Error::other(format!(
@@ -88,15 +107,20 @@ impl Runner for LabRunner<'_> {
         let mut words = out.strip_prefix("burst ").unwrap_or("").split_whitespace();
         Ok((parse(words.next())?, parse(words.next())?))
     }
+    fn setup(&self, route: Route, count: usize) -> io::Result<Vec<u64>> {
+        let out = self.client(route, &["--test", "setup", "--count", &count.to_string()])?;
+        let rest = out.strip_prefix("setup ").ok_or_else(|| io::Error::other("unexpected client output"))?;
+        rest.split_whitespace().map(|w| parse(Some(w))).collect()
+    }
 }
 
-/// A lab relay process seen from this namespace.
-struct LabShim {
+/// A lab process (the shim, the door) seen from this namespace.
+struct LabProcess {
     pid: u32,
     port: u16,
 }
 
-impl Relay for LabShim {
+impl Relay for LabProcess {
     fn pid(&self) -> u32 {
         self.pid
     }
@@ -126,36 +150,27 @@ fn write_owned(path: &Path, text: &str, mode: u32, owner: (u32, u32)) -> io::Res
     nix::unistd::chown(path, Some(owner.0.into()), Some(owner.1.into())).map_err(io::Error::from)
 }
 
-/// The legacy launch script's shape with this binary as the server.
-fn server_template(exe: &str) -> String {
-    format!(
-        r#"# The relay benchmark's launch script: a legacy Remote-SSH session whose
-# server is the benchmark's sink/echo server. Nothing here reads stdin.
+/// The launch script of the measured session, run by the stand-in salloc
+/// on `login` once the door on `c1` is up and the shim knows it: VS Code
+/// is told the relay's port. Stays until the session's stdin closes.
+const SESSION_TEMPLATE: &str = r#"# The relay benchmark's launch script: the server and its door are
+# already up on c1, the stand-in salloc printed the door's endpoint line.
 echo "@ID@: running"
-mkdir -p "$HOME/.bench-relay"
-LOG="$HOME/.bench-relay/server-@ID@.log"
-"{exe}" serve --host=127.0.0.1 --port=0 </dev/null >"$LOG" 2>&1 &
-PORT=
-for _ in $(seq 600); do
-    PORT="$(sed -n 's/^Extension host agent listening on \([0-9]*\)$/\1/p' "$LOG" | head -n 1)"
-    [ -n "$PORT" ] && break
-    sleep 0.05
-done
-ADDR="$(sed -n 's/^bench server at //p' "$LOG" | head -n 1)"
 echo "@ID@: start"
-if [ -n "$PORT" ]; then
-    echo "exitCode==0=="
-    echo "listeningOn==$PORT=="
-    echo "benchServer==$ADDR=="
-else
-    cat "$LOG" >&2
-    echo "exitCode==1=="
-fi
+echo "exitCode==0=="
+echo "listeningOn==$VSCODE_SLURM_RELAY_PORT=="
 echo "@ID@: end"
-while true; do sleep 180; printf ' '; done
-"#
-    )
-}
+exec cat >/dev/null
+"#;
+
+/// Starts the door on a lab host as the session's user: the first line of
+/// stdin is the step's environment (never on a command line), the rest is
+/// the door's stdin, whose end ends it. `$1` is the address to listen on,
+/// `$2` the server.
+const DOOR_ON_HOST: &str = r#"IFS=' ' read -r VSCODE_SLURM_NONCE VSCODE_SLURM_DOOR_KEY VSCODE_SLURM_RELAY_PORT || exit 1
+export VSCODE_SLURM_NONCE VSCODE_SLURM_DOOR_KEY VSCODE_SLURM_RELAY_PORT
+exec vscode-job-helper --bind-addr "$1" door --to "$2"
+"#;
 
 /// The stock legacy launch script with timestamps around the test server's
 /// start, reported as extra `key==value==` lines between the markers.
@@ -196,22 +211,32 @@ const HELPER_WRAPPER: &str =
     "#!/bin/sh\necho \"bench-helper-start $(date +%s.%N)\" >&2\nexec vscode-job-helper \"$@\"\n";
 
 struct Files {
-    server_template: &'static str,
+    session_template: &'static str,
     setup_template: &'static str,
     helper: String,
+    /// The measured session's RemoteCommand: the shim with the stand-in salloc.
+    shim_command: String,
+    /// The stand-in's handoff socket, as this namespace sees it.
+    handoff: PathBuf,
+    owner: (u32, u32),
 }
 
-fn prepare(lab: &Lab, exe: &str) -> Result<Files, String> {
+fn prepare(lab: &Lab) -> Result<Files, String> {
     let home = lab.dir.join("home").join(USER);
     let laptop_home = lab.dir.join("laptop-home").join(USER);
     let meta = fs::metadata(&home).map_err(|e| format!("{}: {e}", home.display()))?;
     let owner = (meta.uid(), meta.gid());
     let dir = home.join(".bench-relay");
+    let in_lab = format!("/home/{USER}/.bench-relay");
     let result: io::Result<()> = (|| {
         fs::create_dir_all(&dir)?;
         nix::unistd::chown(&dir, Some(owner.0.into()), Some(owner.1.into())).map_err(io::Error::from)?;
+        // The handoff socket lives here: the session's user's alone.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
         write_owned(&dir.join("helper"), HELPER_WRAPPER, 0o755, owner)?;
-        write_owned(&laptop_home.join("bench-relay-server.sh"), &server_template(exe), 0o644, owner)?;
+        let salloc = procs::stand_in_salloc(Path::new(&format!("{in_lab}/handoff.sock")));
+        write_owned(&dir.join("salloc"), &salloc, 0o755, owner)?;
+        write_owned(&laptop_home.join("bench-relay-session.sh"), SESSION_TEMPLATE, 0o644, owner)?;
         Ok(())
     })();
     result.map_err(|e| format!("preparing the lab files: {e}"))?;
@@ -219,9 +244,15 @@ fn prepare(lab: &Lab, exe: &str) -> Result<Files, String> {
     write_owned(&laptop_home.join("bench-relay-setup.sh"), &timed, 0o644, owner)
         .map_err(|e| e.to_string())?;
     Ok(Files {
-        server_template: "bench-relay-server.sh",
+        session_template: "bench-relay-session.sh",
         setup_template: "bench-relay-setup.sh",
-        helper: format!("/home/{USER}/.bench-relay/helper"),
+        helper: format!("{in_lab}/helper"),
+        shim_command: format!(
+            "vscode-shim --no-profile --salloc {in_lab}/salloc \
+             --scancel /bin/true --squeue /bin/true --scontrol /bin/true"
+        ),
+        handoff: dir.join("handoff.sock"),
+        owner,
     })
 }
 
@@ -279,6 +310,46 @@ fn close(mut client: LineProcess, lab: &Lab) {
     );
 }
 
+/// A lab host's address on the cluster network, from the lab's hosts file.
+fn host_ip(lab: &Lab, host: &str) -> Result<IpAddr, String> {
+    let hosts = lab.read("etc/hosts");
+    hosts
+        .lines()
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            let ip = words.next()?;
+            words.any(|w| w == host).then(|| ip.parse().ok()).flatten()
+        })
+        .ok_or_else(|| format!("{host} is not in {}/etc/hosts", lab.dir.display()))
+}
+
+/// Starts the door on `host` as the user with the step's environment, in
+/// front of `server`; returns it (its stdin's end ends it) and its endpoint
+/// line.
+fn start_door(
+    lab: &Lab,
+    host: &str,
+    bind: IpAddr,
+    server: SocketAddr,
+    step: &StepEnv,
+) -> io::Result<(LineProcess, String)> {
+    let (bind, server) = (bind.to_string(), server.to_string());
+    let mut door = lab.spawn(Some(USER), host, &["bash", "-c", DOOR_ON_HOST, "bench-door", &bind, &server]);
+    door.send(&step.line());
+    let line =
+        door.expect_line("the door's endpoint line", OPEN_TIMEOUT, |l| l.starts_with("@@vscode-slurm@@"));
+    Ok((door, line))
+}
+
+/// Ends a process started with `lab.spawn` by closing its stdin, as the
+/// server and the door expect.
+fn end(mut process: LineProcess, what: &str) {
+    process.close_stdin();
+    if process.wait(Duration::from_secs(10)).is_none() {
+        eprintln!("lab: the {what} did not end when its stdin closed; killed");
+    }
+}
+
 pub fn run(cfg: &Config) -> Result<(Vec<PathReport>, Vec<SetupRun>), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let exe = exe.to_str().ok_or("the benchmark's path is not UTF-8")?.to_owned();
@@ -287,10 +358,36 @@ pub fn run(cfg: &Config) -> Result<(Vec<PathReport>, Vec<SetupRun>), String> {
         return Err(format!("the lab at {lab_dir} is not up (tests/bench-relay brings one up)"));
     }
     let lab = Lab::get();
-    let files = prepare(&lab, &exe)?;
+    let files = prepare(&lab)?;
+    let c1 = host_ip(&lab, "c1")?;
 
-    eprintln!("lab: opening a session whose job runs the benchmark's server");
-    let mut session = spawn_client(&lab, &client_argv(files.server_template, None));
+    // On c1's lab address, so that "direct" reaches it from login without the door.
+    let host_arg = format!("--host={c1}");
+    let mut server_process = lab.spawn(Some(USER), "c1", &[exe.as_str(), "serve", &host_arg, "--port=0"]);
+    let line =
+        server_process.expect_line("`bench server at`", OPEN_TIMEOUT, |l| l.starts_with("bench server at "));
+    let server: SocketAddr = line
+        .trim_start_matches("bench server at ")
+        .parse()
+        .map_err(|_| format!("bad server line {line:?}"))?;
+
+    eprintln!("lab: opening a session whose stand-in salloc gets a door on c1");
+    let handoff = Handoff::bind(files.handoff.clone()).map_err(|e| format!("the handoff socket: {e}"))?;
+    nix::unistd::chown(handoff.path(), Some(files.owner.0.into()), Some(files.owner.1.into()))
+        .map_err(|e| format!("the handoff socket: {e}"))?;
+    let mut session = spawn_client(&lab, &client_argv(files.session_template, Some(&files.shim_command)));
+    let (step, door_process) =
+        match handoff.serve(OPEN_TIMEOUT, |step| start_door(&lab, "c1", c1, server, step)) {
+            Ok(started) => started,
+            Err(e) => {
+                session.drain_stderr();
+                return Err(format!("no door for the session: {e}\n{}", session.stderr_seen.join("\n")));
+            }
+        };
+    drop(handoff);
+    let door_line = door_process.stdout_seen.last().cloned().unwrap_or_default();
+    let endpoint = step.endpoint_of(&door_line).map_err(|e| e.to_string())?;
+    let key = step.key().map_err(|e| e.to_string())?;
     let first = expect(&mut session, "`session`", "session ")?;
     let socks: u16 = first
         .rsplit_once("socks=127.0.0.1:")
@@ -302,16 +399,20 @@ pub fn run(cfg: &Config) -> Result<(Vec<PathReport>, Vec<SetupRun>), String> {
         .parse()
         .map_err(|_| format!("bad listeningOn: {listening}"))?;
     expect(&mut session, "`ready`", "ready")?;
-    let server: std::net::SocketAddr = result_value(&session, "benchServer")
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| format!("the session named no bench server:\n{}", session.stdout_seen.join("\n")))?;
     let shim_pids = lab_pids(&lab, "login", "vscode-shim");
     let [shim_pid] = shim_pids[..] else {
         return Err(format!("expected one vscode-shim on login, found {shim_pids:?}"));
     };
-    let shim = LabShim { pid: shim_pid, port: relay_port };
+    // /proc/PID/comm holds 15 bytes of the name.
+    let door_pid = lab_pids(&lab, "c1", "vscode-job-help")
+        .into_iter()
+        .find(|&pid| procs::listens(pid, endpoint.port()))
+        .ok_or_else(|| format!("no vscode-job-helper on c1 listens on {endpoint}"))?;
+    let shim = LabProcess { pid: shim_pid, port: relay_port };
+    let door = LabProcess { pid: door_pid, port: endpoint.port() };
     eprintln!(
-        "lab: server {server} on c1, relay port {relay_port} (shim pid {shim_pid}), SOCKS port {socks}"
+        "lab: server {server} on c1 behind door {endpoint} (pid {door_pid}), relay port {relay_port} \
+         (shim pid {shim_pid}), SOCKS port {socks}"
     );
 
     // Below the ephemeral range, so no outgoing connection holds it.
@@ -324,17 +425,23 @@ pub fn run(cfg: &Config) -> Result<(Vec<PathReport>, Vec<SetupRun>), String> {
         })
         .map_err(|e| format!("socat on login: {e}"))?;
 
-    let local = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let proxy = local(socks);
-    let relays: [Option<&dyn Relay>; 3] = [None, Some(&shim), Some(&socat)];
+    let ways = |to: &dyn Fn(SocketAddr) -> Route| -> [Way<'_>; crate::N] {
+        [
+            Way { route: to(server), relay: None, door: None },
+            Way { route: to(local(relay_port)), relay: Some(&shim), door: Some(&door) },
+            Way { route: to(endpoint).through_door(key), relay: None, door: Some(&door) },
+            Way { route: to(local(socat_port)), relay: Some(&socat), door: None },
+        ]
+    };
     let mut paths = Vec::new();
 
     let on_login = LabRunner { lab: &lab, host: "login", exe: exe.clone() };
-    let routes = [Route::Tcp(server), Route::Tcp(local(relay_port)), Route::Tcp(local(socat_port))];
-    let measured = crate::measure(cfg, &on_login, routes, relays, "lab login→c1");
+    let measured = crate::measure(cfg, &on_login, ways(&Route::tcp), "lab login→c1");
     eprintln!("lab: footprint with {} idle connections over {:?}", cfg.hold_conns, cfg.idle);
-    let footprint = crate::footprint(cfg, &shim, &socat, |port| {
-        let route = Route::Tcp(local(port)).to_arg();
+    let footprint = crate::footprint(cfg, &shim, &door, &socat, |port| {
+        let route = Route::tcp(local(port)).to_arg();
         let count = cfg.hold_conns.to_string();
         let argv =
             [exe.as_str(), "client", "--route", route.as_str(), "--test", "hold", "--count", count.as_str()];
@@ -352,23 +459,29 @@ pub fn run(cfg: &Config) -> Result<(Vec<PathReport>, Vec<SetupRun>), String> {
     .map(|fp| Footprint { fresh: false, ..fp })?;
     paths.push(PathReport {
         name: "lab login→c1".into(),
-        description: "client on login as the user → relay port on login → server in the job on c1 (lab network)".into(),
+        description:
+            "client on login as the user → relay port on login → door on c1 → server on c1 (lab network)"
+                .into(),
         measured,
         footprint: Some(footprint),
     });
 
     let on_laptop = LabRunner { lab: &lab, host: "laptop", exe: exe.clone() };
-    let via = |target| Route::Socks { proxy, target };
-    let routes = [via(server), via(local(relay_port)), via(local(socat_port))];
-    let measured = crate::measure(cfg, &on_laptop, routes, relays, "lab laptop→ssh→c1");
+    let measured =
+        crate::measure(cfg, &on_laptop, ways(&|target| Route::socks(proxy, target)), "lab laptop→ssh→c1");
     paths.push(PathReport {
         name: "lab laptop→ssh→c1".into(),
-        description: "client on laptop → the session's ssh -D SOCKS port → sshd on login → (relay) → c1: VS Code's own path".into(),
+        description:
+            "client on laptop → the session's ssh -D SOCKS port → sshd on login → (relay) → (door) → c1: \
+                      VS Code's own path"
+                .into(),
         measured,
         footprint: None,
     });
     drop(socat);
     close(session, &lab);
+    end(door_process, "door");
+    end(server_process, "server");
 
     let mut setup = Vec::new();
     for i in 0..cfg.setup_runs {

@@ -1,7 +1,10 @@
-//! Relay benchmark: a direct connection, the `vscode-shim` relay and socat,
+//! Relay benchmark: a direct connection, the session's whole path (the
+//! `vscode-shim` relay, then the door in `vscode-job-helper`), the door
+//! alone (the client speaks the door's handshake itself) and socat,
 //! measured in one run, interleaved, on loopback and (with `--lab`) in the
-//! lab cluster. Prints a table with ratios against direct and the issue's
-//! targets, and writes it as JSON and PNG to `<target>/bench/relay.{json,png}`.
+//! lab cluster. Prints a table with ratios against direct, the door's cost
+//! and the issue's targets, and writes it as JSON and PNG to
+//! `<target>/bench/relay.{json,png}`.
 //!
 //! ```text
 //! cargo bench -p vscode-shim --bench relay              # loopback only
@@ -9,8 +12,8 @@
 //! cargo bench -p vscode-shim --bench relay -- --quick    # a smoke run, small sizes
 //! ```
 //!
-//! The same binary plays the lab's far ends: `serve` (the server a session
-//! starts in the job) and `client` (one measurement, run on a lab host).
+//! The same binary plays the lab's far ends: `serve` (the server on the
+//! compute node) and `client` (one measurement, run on a lab host).
 
 mod lab;
 mod procs;
@@ -23,8 +26,9 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
 
-use procs::{Relay, Shim, Socat};
-use report::{Footprint, Measured, PathReport, Report};
+use procs::{LocalSession, Relay, Socat};
+use report::{Footprint, Measured, PathReport, Report, VARIANTS};
+use vscode_slurm_protocol::door::DoorKey;
 use work::Route;
 
 const GIB: u64 = 1 << 30;
@@ -39,6 +43,9 @@ pub struct Config {
     pub pings: usize,
     pub burst_conns: usize,
     pub burst_rounds: usize,
+    /// Fresh connections timed per variant (connection set-up), split
+    /// evenly over the repetitions.
+    pub connects: usize,
     pub hold_conns: usize,
     pub idle: Duration,
     pub setup_runs: usize,
@@ -53,6 +60,7 @@ impl Config {
             pings: 20_000,
             burst_conns: 200,
             burst_rounds: 100,
+            connects: 1000,
             hold_conns: 8,
             idle: Duration::from_secs(10),
             setup_runs: 3,
@@ -65,6 +73,7 @@ impl Config {
             bulk_bytes: 64 << 20,
             reps: 2,
             pings: 2_000,
+            connects: 100,
             idle: Duration::from_secs(2),
             setup_runs: 1,
             quick: true,
@@ -78,6 +87,7 @@ pub trait Runner {
     fn bulk(&self, route: Route, bytes: u64) -> io::Result<f64>;
     fn ping_pong(&self, route: Route, count: usize) -> io::Result<Vec<u64>>;
     fn burst(&self, route: Route, conns: usize, rounds: usize) -> io::Result<(f64, usize)>;
+    fn setup(&self, route: Route, count: usize) -> io::Result<Vec<u64>>;
 }
 
 struct Local;
@@ -93,38 +103,69 @@ impl Runner for Local {
         let (took, errors) = work::burst(route, conns, rounds);
         Ok((took.as_secs_f64(), errors))
     }
+    fn setup(&self, route: Route, count: usize) -> io::Result<Vec<u64>> {
+        work::setup(route, count)
+    }
 }
 
-/// Every test, every repetition, the three variants back to back (in an
-/// order that rotates each repetition), so that whatever else the machine
-/// is doing falls on all three alike.
-pub fn measure(
-    cfg: &Config,
-    runner: &dyn Runner,
-    routes: [Route; 3],
-    relays: [Option<&dyn Relay>; 3],
-    label: &str,
-) -> [Measured; 3] {
-    let mut out: [Measured; 3] = Default::default();
+/// One variant's way to the server, and the processes on it whose CPU the
+/// benchmark charges to it: a relay (the shim, socat) and the door.
+#[derive(Clone, Copy)]
+pub struct Way<'a> {
+    pub route: Route,
+    pub relay: Option<&'a dyn Relay>,
+    pub door: Option<&'a dyn Relay>,
+}
+
+impl Way<'_> {
+    fn ticks(&self) -> (u64, u64) {
+        (self.relay.map_or(0, |r| r.ticks()), self.door.map_or(0, |d| d.ticks()))
+    }
+
+    /// Relay and door CPU seconds since `before`.
+    fn cpu_since(&self, before: (u64, u64)) -> (f64, f64) {
+        if let Some(relay) = self.relay {
+            relay.settle();
+        }
+        let (relay, door) = self.ticks();
+        let secs = |ticks: u64| ticks as f64 / procs::clock_ticks_per_second();
+        (secs(relay.saturating_sub(before.0)), secs(door.saturating_sub(before.1)))
+    }
+
+    fn settle(&self) {
+        if let Some(relay) = self.relay {
+            relay.settle();
+        }
+    }
+}
+
+/// Every test, every repetition, the variants back to back (in an order
+/// that rotates each repetition), so that whatever else the machine is
+/// doing falls on all of them alike.
+pub fn measure(cfg: &Config, runner: &dyn Runner, ways: [Way<'_>; N], label: &str) -> [Measured; N] {
+    let mut out: [Measured; N] = Default::default();
     let pings_per_series = cfg.pings.div_ceil(cfg.reps * PING_SERIES_PER_REP);
+    let connects_per_rep = cfg.connects.div_ceil(cfg.reps);
     for rep in 0..cfg.reps {
-        let order: Vec<usize> = (0..3).map(|k| (rep + k) % 3).collect();
+        let order: Vec<usize> = (0..N).map(|k| (rep + k) % N).collect();
         eprint!("{label}: repetition {}/{}: bulk", rep + 1, cfg.reps);
         for &v in &order {
-            let relay = relays[v];
-            let before = relay.map(|r| r.ticks());
+            let way = ways[v];
+            let before = way.ticks();
             let machine_before = procs::machine_busy_secs();
-            match runner.bulk(routes[v], cfg.bulk_bytes) {
+            match runner.bulk(way.route, cfg.bulk_bytes) {
                 Ok(secs) => {
                     out[v].bulk_secs.push(secs);
                     out[v].bulk_machine_secs.push(procs::machine_busy_secs() - machine_before);
                 }
                 Err(e) => out[v].errors.push(format!("bulk: {e}")),
             }
-            if let (Some(relay), Some(before)) = (relay, before) {
-                relay.settle();
-                let ticks = relay.ticks().saturating_sub(before);
-                out[v].cpu_secs.push(ticks as f64 / procs::clock_ticks_per_second());
+            let (relay, door) = way.cpu_since(before);
+            if way.relay.is_some() {
+                out[v].cpu_secs.push(relay);
+            }
+            if way.door.is_some() {
+                out[v].door_cpu_secs.push(door);
             }
         }
         eprint!(", ping-pong");
@@ -132,26 +173,32 @@ pub fn measure(
         // enough that the machine's load changes between longer series.
         for _ in 0..PING_SERIES_PER_REP {
             for &v in &order {
-                let relay = relays[v];
-                let before = relay.map(|r| r.ticks());
-                match runner.ping_pong(routes[v], pings_per_series) {
+                let way = ways[v];
+                let before = way.ticks();
+                match runner.ping_pong(way.route, pings_per_series) {
                     Ok(samples) => {
-                        if let (Some(relay), Some(before)) = (relay, before) {
-                            relay.settle();
-                            let ticks = relay.ticks().saturating_sub(before);
-                            out[v].ping_cpu_secs += ticks as f64 / procs::clock_ticks_per_second();
-                            out[v].ping_cpu_count += samples.len() + work::WARM_UP;
-                        }
+                        let (relay, door) = way.cpu_since(before);
+                        out[v].ping_cpu_secs += relay;
+                        out[v].ping_door_cpu_secs += door;
+                        out[v].ping_cpu_count += samples.len() + work::WARM_UP;
                         out[v].rtt_ns.extend(samples);
                     }
                     Err(e) => out[v].errors.push(format!("ping-pong: {e}")),
                 }
             }
         }
+        eprint!(", set-up");
+        for &v in &order {
+            match runner.setup(ways[v].route, connects_per_rep) {
+                Ok(samples) => out[v].setup_ns.extend(samples),
+                Err(e) => out[v].errors.push(format!("set-up: {e}")),
+            }
+            ways[v].settle();
+        }
         eprint!(", burst");
         for &v in &order {
             let machine_before = procs::machine_busy_secs();
-            match runner.burst(routes[v], cfg.burst_conns, cfg.burst_rounds) {
+            match runner.burst(ways[v].route, cfg.burst_conns, cfg.burst_rounds) {
                 Ok((secs, errors)) => {
                     out[v].burst_secs.push(secs);
                     out[v].burst_machine_secs.push(procs::machine_busy_secs() - machine_before);
@@ -160,34 +207,37 @@ pub fn measure(
                 Err(e) => out[v].errors.push(format!("burst: {e}")),
             }
             // Lets the burst's sockets and socat's children wind down.
-            if let Some(relay) = relays[v] {
-                relay.settle();
-            }
+            ways[v].settle();
         }
         eprintln!();
     }
     out
 }
 
-/// The shim's and socat's memory with `count` idle connections open, and
-/// the CPU ticks they use over `cfg.idle` with nothing happening.
+/// How many variants each path measures (see [`report::VARIANTS`]).
+pub const N: usize = VARIANTS.len();
+
+/// The shim's, its door's and socat's memory with `count` idle connections
+/// open, and the CPU ticks they use over `cfg.idle` with nothing happening.
 /// `hold` opens the connections (through the given relay's port) and keeps
 /// them open until the returned guard is dropped.
 pub fn footprint<G>(
     cfg: &Config,
     shim: &dyn Relay,
+    door: &dyn Relay,
     socat: &dyn Relay,
     mut hold: impl FnMut(u16) -> io::Result<G>,
 ) -> io::Result<Footprint> {
-    let shim_rss_empty = shim.rss_kib();
+    let (shim_rss_empty, door_rss_empty) = (shim.rss_kib(), door.rss_kib());
     let held_shim = hold(shim.port())?;
     let held_socat = hold(socat.port())?;
     // Let everything the set-up woke settle before counting.
     thread::sleep(Duration::from_millis(500));
-    let (shim_rss, socat_rss, socat_processes) = (shim.rss_kib(), socat.rss_kib(), socat.processes());
-    let (shim_before, socat_before) = (shim.ticks(), socat.ticks());
+    let (shim_rss, door_rss) = (shim.rss_kib(), door.rss_kib());
+    let (socat_rss, socat_processes) = (socat.rss_kib(), socat.processes());
+    let (shim_before, door_before, socat_before) = (shim.ticks(), door.ticks(), socat.ticks());
     thread::sleep(cfg.idle);
-    let (shim_after, socat_after) = (shim.ticks(), socat.ticks());
+    let (shim_after, door_after, socat_after) = (shim.ticks(), door.ticks(), socat.ticks());
     drop((held_shim, held_socat));
     Ok(Footprint {
         fresh: true,
@@ -196,6 +246,9 @@ pub fn footprint<G>(
         shim_rss_empty_kib: shim_rss_empty,
         shim_rss_kib: shim_rss,
         shim_idle_ticks: shim_after.saturating_sub(shim_before),
+        door_rss_empty_kib: door_rss_empty,
+        door_rss_kib: door_rss,
+        door_idle_ticks: door_after.saturating_sub(door_before),
         socat_rss_kib: socat_rss,
         socat_processes,
         socat_idle_ticks: socat_after.saturating_sub(socat_before),
@@ -203,30 +256,47 @@ pub fn footprint<G>(
     })
 }
 
+/// The four ways to the loopback server of `session`.
+fn loopback_ways<'a>(server: SocketAddr, session: &'a LocalSession, socat: &'a Socat) -> [Way<'a>; N] {
+    let local = |port| Route::tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    [
+        Way { route: Route::tcp(server), relay: None, door: None },
+        Way { route: local(session.shim.port()), relay: Some(&session.shim), door: Some(&session.door) },
+        Way {
+            route: Route::tcp(session.door.endpoint).through_door(session.key),
+            relay: None,
+            door: Some(&session.door),
+        },
+        Way { route: local(socat.port()), relay: Some(socat), door: None },
+    ]
+}
+
 fn loopback(cfg: &Config) -> io::Result<PathReport> {
     let server = work::spawn_server(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
-    let shim = Shim::start(server)?;
+    eprintln!("loopback: the door is {}", procs::helper_binary()?.display());
+    let session = LocalSession::start(server)?;
     let socat = Socat::local(server)?;
-    let local = |port| Route::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
-    let routes = [Route::Tcp(server), local(shim.port()), local(socat.port())];
-    let relays: [Option<&dyn Relay>; 3] = [None, Some(&shim), Some(&socat)];
-    let measured = measure(cfg, &Local, routes, relays, "loopback");
+    let ways = loopback_ways(server, &session, &socat);
+    let measured = measure(cfg, &Local, ways, "loopback");
     let shim_rss_after_load = {
-        let _held = work::hold(routes[1], cfg.hold_conns)?;
+        let _held = work::hold(ways[1].route, cfg.hold_conns)?;
         thread::sleep(Duration::from_millis(200));
-        shim.rss_kib()
+        session.shim.rss_kib()
     };
-    drop((shim, socat));
+    drop((session, socat));
 
-    // The footprint of a fresh shim, as a login node has it: one session,
-    // a few open connections, nothing to do.
+    // The footprint of a fresh shim and door, as a login node and a
+    // compute node have them: one session, a few open connections,
+    // nothing to do.
     eprintln!("loopback: footprint with {} idle connections over {:?}", cfg.hold_conns, cfg.idle);
-    let (shim, socat) = (Shim::start(server)?, Socat::local(server)?);
-    let mut footprint = footprint(cfg, &shim, &socat, |port| work::hold(local(port), cfg.hold_conns))?;
+    let (session, socat) = (LocalSession::start(server)?, Socat::local(server)?);
+    let local = |port| Route::tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    let mut footprint =
+        footprint(cfg, &session.shim, &session.door, &socat, |port| work::hold(local(port), cfg.hold_conns))?;
     footprint.shim_rss_after_load_kib = Some(shim_rss_after_load);
     Ok(PathReport {
         name: "loopback".into(),
-        description: "client, server and relay on 127.0.0.1 of one machine: the relay's own cost".into(),
+        description: "client, server, relay and door on 127.0.0.1 of one machine: their own cost".into(),
         measured,
         footprint: Some(footprint),
     })
@@ -314,9 +384,8 @@ fn orchestrate(args: &[String]) {
     }
 }
 
-/// `serve --host=H --port=P`: the server a lab session starts in its job,
-/// spelled like VS Code's so the helper rewrites its bind address, and
-/// logging the line the launch script waits for.
+/// `serve --host=H --port=P`: the server on a lab host, until its stdin
+/// closes (whoever started it ends it so, through `labctl exec`).
 fn role_serve(args: &[String]) {
     let value = |flag: &str| args.iter().find_map(|a| a.strip_prefix(flag)).map(str::to_owned);
     let host = value("--host=").unwrap_or_else(|| "127.0.0.1".into());
@@ -337,13 +406,17 @@ fn role_serve(args: &[String]) {
     };
     let local = listener.local_addr().unwrap_or(addr);
     println!("bench server at {local}");
-    println!("Extension host agent listening on {}", local.port());
     let _ = io::stdout().flush();
-    work::serve(listener);
+    thread::spawn(move || work::serve(listener));
+    let mut line = String::new();
+    while io::stdin().lock().read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+        line.clear();
+    }
 }
 
-/// `client --route R --test bulk|ping|burst|hold ...`: one measurement, its
-/// result on stdout as one line.
+/// `client --route R --test bulk|ping|setup|burst|hold ...`: one
+/// measurement, its result on stdout as one line. A route through a door
+/// (`door ADDR…`) reads the session's door key from the first line of stdin.
 fn role_client(args: &[String]) {
     let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
     let number = |flag: &str| value(flag).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
@@ -351,7 +424,15 @@ fn role_client(args: &[String]) {
         println!("error {e}");
         std::process::exit(1);
     };
-    let route = Route::parse(&value("--route").unwrap_or_default()).unwrap_or_else(|e| fail(e));
+    let (route, door) = Route::parse(&value("--route").unwrap_or_default()).unwrap_or_else(|e| fail(e));
+    let route = if door {
+        let mut line = String::new();
+        let _ = io::stdin().lock().read_line(&mut line);
+        let key = DoorKey::parse(line.trim()).unwrap_or_else(|e| fail(format!("door key on stdin: {e}")));
+        route.through_door(Box::leak(Box::new(key)))
+    } else {
+        route
+    };
     match value("--test").as_deref() {
         Some("bulk") => match work::bulk(route, number("--bytes")) {
             Ok(took) => println!("bulk {}", took.as_secs_f64()),
@@ -361,6 +442,13 @@ fn role_client(args: &[String]) {
             Ok(samples) => {
                 let text: Vec<String> = samples.iter().map(u64::to_string).collect();
                 println!("ping {}", text.join(" "));
+            }
+            Err(e) => fail(e.to_string()),
+        },
+        Some("setup") => match work::setup(route, number("--count") as usize) {
+            Ok(samples) => {
+                let text: Vec<String> = samples.iter().map(u64::to_string).collect();
+                println!("setup {}", text.join(" "));
             }
             Err(e) => fail(e.to_string()),
         },

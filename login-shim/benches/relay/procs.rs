@@ -1,24 +1,242 @@
-//! The relays under test as processes: the real `vscode-shim` with a
-//! stand-in for salloc, socat, and what /proc says about their CPU and memory.
+//! The processes under test: the real `vscode-shim` with a stand-in for
+//! salloc, the real door (`vscode-job-helper door`), socat, and what /proc
+//! says about their CPU and memory.
 
 use std::fs;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Plays salloc for the shim: reports the job granted, names the server
-/// with the session's nonce as the helper would, then waits for stdin to
-/// close (the shim closing it ends the "job").
+use vscode_slurm_protocol::door::DoorKey;
+use vscode_slurm_protocol::{env, ControlMessage, Nonce};
+
+/// Plays salloc and srun for the shim. What the shim gives the job step in
+/// its environment (nonce, door key, relay port) goes to the benchmark over
+/// a unix socket (never on a command line); the benchmark starts
+/// `vscode-job-helper door` with it in front of the server (here, or on c1
+/// in the lab) and hands back the door's endpoint control line, which the
+/// stand-in prints as the helper would. Then it runs the launch script on
+/// its stdin, as the helper's shell would; stdin closing ends the "job".
 const STAND_IN_SALLOC: &str = r#"#!/bin/bash
 echo "salloc: Granted job allocation 1" >&2
-printf '@@vscode-slurm@@ %s endpoint %s\n' "$VSCODE_SLURM_NONCE" "$BENCH_TARGET"
-echo "listeningOn==$VSCODE_SLURM_RELAY_PORT=="
-exec cat >/dev/null
+endpoint=$(printf '%s %s %s\n' "$VSCODE_SLURM_NONCE" "$VSCODE_SLURM_DOOR_KEY" "$VSCODE_SLURM_RELAY_PORT" |
+    socat -t 60 -T 60 - UNIX-CONNECT:@HANDOFF@)
+if [ -z "$endpoint" ]; then
+    echo "stand-in salloc: the benchmark started no door" >&2
+    exit 1
+fi
+printf '%s\n' "$endpoint"
+# The helper hides these from the launch script.
+unset VSCODE_SLURM_NONCE VSCODE_SLURM_DOOR_KEY
+exec /bin/bash
 "#;
+
+/// The stand-in salloc that hands the step's environment to `handoff`.
+pub fn stand_in_salloc(handoff: &Path) -> String {
+    STAND_IN_SALLOC.replace("@HANDOFF@", &handoff.display().to_string())
+}
+
+/// The launch script of a loopback session: the relay's port is all VS
+/// Code would learn; the door's endpoint went to the shim before it.
+const LOOPBACK_LAUNCH: &str = "echo \"listeningOn==$VSCODE_SLURM_RELAY_PORT==\"\nexec cat >/dev/null\n";
+
+/// What the shim gave the job step, as the stand-in passed it on.
+pub struct StepEnv {
+    pub nonce: String,
+    pub key_hex: String,
+    pub relay_port: u16,
+}
+
+impl StepEnv {
+    fn parse(line: &str) -> io::Result<StepEnv> {
+        let mut words = line.split_whitespace();
+        let (Some(nonce), Some(key_hex), Some(port)) = (words.next(), words.next(), words.next()) else {
+            return Err(io::Error::other(format!(
+                "the stand-in passed {} words, not 3",
+                line.split_whitespace().count()
+            )));
+        };
+        let relay_port = port.parse().map_err(|_| io::Error::other(format!("bad relay port {port:?}")))?;
+        Ok(StepEnv { nonce: nonce.to_owned(), key_hex: key_hex.to_owned(), relay_port })
+    }
+
+    /// The session's door key, for the "door alone" clients (kept for the
+    /// rest of the run: a handful of sessions per run).
+    pub fn key(&self) -> io::Result<&'static DoorKey> {
+        let key = DoorKey::parse(&self.key_hex).map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(Box::leak(Box::new(key)))
+    }
+
+    /// The line the door's wrapper on a lab host reads into its environment.
+    pub fn line(&self) -> String {
+        format!("{} {} {}", self.nonce, self.key_hex, self.relay_port)
+    }
+
+    /// The door's address from its endpoint control line, checked against
+    /// the session's nonce as the shim would.
+    pub fn endpoint_of(&self, line: &str) -> io::Result<SocketAddr> {
+        let nonce = Nonce::parse(&self.nonce).map_err(|e| io::Error::other(e.to_string()))?;
+        match vscode_slurm_protocol::decode(&nonce, line.as_bytes()) {
+            Some(ControlMessage::Endpoint(addr)) => Ok(addr),
+            _ => Err(io::Error::other(format!("not the session's endpoint line: {line:?}"))),
+        }
+    }
+}
+
+/// Where the stand-in salloc passes the step's environment to the
+/// benchmark: a unix socket the session's user alone may use.
+pub struct Handoff {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Handoff {
+    pub fn bind(path: PathBuf) -> io::Result<Handoff> {
+        let _ = fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+        listener.set_nonblocking(true)?;
+        Ok(Handoff { listener, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits (at most `wait`) for the stand-in, starts the door with what it
+    /// passed (`start_door` returns the door and its endpoint line), and
+    /// sends the stand-in that line.
+    pub fn serve<T>(
+        &self,
+        wait: Duration,
+        start_door: impl FnOnce(&StepEnv) -> io::Result<(T, String)>,
+    ) -> io::Result<(StepEnv, T)> {
+        let deadline = Instant::now() + wait;
+        let stream = loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(io::Error::other(format!(
+                        "the stand-in salloc did not call within {wait:?}"
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line)?;
+        let step = StepEnv::parse(&line)?;
+        // On an error the stand-in reads nothing, says so and exits.
+        let (door, endpoint_line) = start_door(&step)?;
+        (&stream).write_all(format!("{}\n", endpoint_line.trim_end()).as_bytes())?;
+        Ok((step, door))
+    }
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// `<target>/release/vscode-job-helper` of the build this benchmark belongs to.
+pub fn helper_binary() -> io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // <target>/release/deps/relay-HASH
+    let path = exe
+        .ancestors()
+        .nth(2)
+        .map(|release| release.join("vscode-job-helper"))
+        .ok_or_else(|| io::Error::other("the benchmark is not in <target>/release/deps"))?;
+    if !path.exists() {
+        return Err(io::Error::other(format!(
+            "{} is missing: build it first (cargo build --release -p vscode-job-helper, same CARGO_TARGET_DIR)",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+/// A local door: `vscode-job-helper --bind-addr 127.0.0.1 door --to TARGET`
+/// with the step's environment, serving until its stdin closes.
+pub struct Door {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    pub endpoint: SocketAddr,
+}
+
+impl Door {
+    /// The door and its endpoint control line.
+    pub fn local(step: &StepEnv, target: SocketAddr, log: &Path) -> io::Result<(Door, String)> {
+        let mut child = Command::new(helper_binary()?)
+            .args(["--bind-addr", "127.0.0.1", "door", "--to", &target.to_string()])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env(env::NONCE, &step.nonce)
+            .env(env::DOOR_KEY, &step.key_hex)
+            .env(env::RELAY_PORT, step.relay_port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(log)?)
+            .spawn()?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let mut door = Door { child, stdin, endpoint: SocketAddr::from(([0, 0, 0, 0], 0)) };
+        let line = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
+            io::Error::other(format!(
+                "the door printed no endpoint line: {}",
+                fs::read_to_string(log).unwrap_or_default().trim()
+            ))
+        })?;
+        door.endpoint = step.endpoint_of(&line)?;
+        Ok((door, line))
+    }
+}
+
+impl Relay for Door {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    fn port(&self) -> u16 {
+        self.endpoint.port()
+    }
+    fn forks(&self) -> bool {
+        false
+    }
+}
+
+impl Drop for Door {
+    fn drop(&mut self) {
+        // Closing stdin ends the door, as the end of its window does.
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 pub fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf only returns a number.
@@ -142,7 +360,7 @@ pub trait Relay {
 }
 
 /// The real `vscode-shim` binary in a session whose "job" is the stand-in
-/// above, relaying its port to `target`.
+/// above, relaying its port through a real door to the server.
 pub struct Shim {
     child: Child,
     stdin: Option<ChildStdin>,
@@ -150,12 +368,24 @@ pub struct Shim {
     dir: PathBuf,
 }
 
-impl Shim {
-    pub fn start(target: SocketAddr) -> io::Result<Shim> {
+/// A loopback session: the shim, the door it reaches the server through,
+/// and the session's door key (for the "door alone" clients). The shim is
+/// dropped first, ending the session as VS Code does; then the door.
+pub struct LocalSession {
+    pub shim: Shim,
+    pub door: Door,
+    pub key: &'static DoorKey,
+}
+
+impl LocalSession {
+    pub fn start(target: SocketAddr) -> io::Result<LocalSession> {
         let dir = std::env::temp_dir().join(format!("relay-bench-{}-{}", std::process::id(), target.port()));
+        let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        let handoff = Handoff::bind(dir.join("handoff.sock"))?;
         let salloc = dir.join("salloc");
-        fs::write(&salloc, STAND_IN_SALLOC)?;
+        fs::write(&salloc, stand_in_salloc(handoff.path()))?;
         fs::set_permissions(&salloc, fs::Permissions::from_mode(0o755))?;
         let mut child = Command::new(env!("CARGO_BIN_EXE_vscode-shim"))
             // A job of its own through the stand-in salloc, not a profile's.
@@ -163,13 +393,17 @@ impl Shim {
             .arg("--salloc")
             .arg(&salloc)
             .args(["--scancel", "/bin/true", "--squeue", "/bin/true", "--scontrol", "/bin/true"])
-            .env("BENCH_TARGET", target.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(fs::File::create(dir.join("stderr"))?)
             .spawn()?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
+        let mut shim = Shim { child, stdin, port: 0, dir: dir.clone() };
+        if let Some(stdin) = shim.stdin.as_mut() {
+            stdin.write_all(LOOPBACK_LAUNCH.as_bytes())?;
+            stdin.flush()?;
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         // Keeps reading so the shim never blocks on a full pipe.
         thread::spawn(move || {
@@ -178,7 +412,11 @@ impl Shim {
                 let _ = tx.send(line);
             }
         });
-        let port = loop {
+        let shim_log = || fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+        let (step, door) = handoff
+            .serve(Duration::from_secs(10), |step| Door::local(step, target, &dir.join("door-stderr")))
+            .map_err(|e| io::Error::other(format!("{e}; the shim said: {}", shim_log().trim())))?;
+        shim.port = loop {
             match rx.recv_timeout(Duration::from_secs(10)) {
                 Ok(line) => {
                     if let Some(port) = line.strip_prefix("listeningOn==").and_then(|r| r.strip_suffix("=="))
@@ -186,14 +424,10 @@ impl Shim {
                         break port.parse().map_err(|_| io::Error::other(format!("bad line {line:?}")))?;
                     }
                 }
-                Err(_) => {
-                    let _ = child.kill();
-                    let stderr = fs::read_to_string(dir.join("stderr")).unwrap_or_default();
-                    return Err(io::Error::other(format!("the shim named no port: {stderr}")));
-                }
+                Err(_) => return Err(io::Error::other(format!("the shim named no port: {}", shim_log()))),
             }
         };
-        Ok(Shim { child, stdin, port, dir })
+        Ok(LocalSession { shim, door, key: step.key()? })
     }
 }
 
@@ -282,7 +516,7 @@ pub fn connect_spec(target: SocketAddr) -> String {
 }
 
 /// Whether process `pid` has a socket listening on `port` (by inode).
-fn listens(pid: u32, port: u16) -> bool {
+pub fn listens(pid: u32, port: u16) -> bool {
     let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
     let inodes: Vec<String> = fds
         .filter_map(|e| fs::read_link(e.ok()?.path()).ok())

@@ -1,26 +1,53 @@
 //! What the benchmark found: the table (absolute numbers, ratios against
-//! direct, the issue's targets), the same as JSON, and a PNG bar chart.
+//! direct, the door's cost, the issue's targets), the same as JSON, and a
+//! PNG bar chart.
 
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::Config;
+use crate::{Config, N};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
+    /// The client straight to the server.
     Direct,
+    /// The session's whole path: the shim's relay, then the door.
     Shim,
+    /// The door alone: the client speaks the handshake itself.
+    Door,
+    /// socat on the relay's host, straight to the server (no door).
     Socat,
 }
 
-pub const VARIANTS: [Variant; 3] = [Variant::Direct, Variant::Shim, Variant::Socat];
+pub const VARIANTS: [Variant; 4] = [Variant::Direct, Variant::Shim, Variant::Door, Variant::Socat];
 
 impl Variant {
     pub fn name(self) -> &'static str {
         match self {
             Variant::Direct => "direct",
+            Variant::Shim => "vscode-shim + door",
+            Variant::Door => "door alone",
+            Variant::Socat => "socat",
+        }
+    }
+
+    /// Whether a relay (the shim, socat) is on the way, whose CPU is counted.
+    pub fn has_relay(self) -> bool {
+        matches!(self, Variant::Shim | Variant::Socat)
+    }
+
+    /// Whether the door is on the way, whose CPU is counted.
+    pub fn has_door(self) -> bool {
+        matches!(self, Variant::Shim | Variant::Door)
+    }
+
+    /// The name in JSON (stable, no spaces).
+    pub fn key(self) -> &'static str {
+        match self {
+            Variant::Direct => "direct",
             Variant::Shim => "vscode-shim",
+            Variant::Door => "door",
             Variant::Socat => "socat",
         }
     }
@@ -30,19 +57,26 @@ impl Variant {
 #[derive(Debug, Default)]
 pub struct Measured {
     pub bulk_secs: Vec<f64>,
-    /// Relay CPU seconds per bulk run (none for direct).
+    /// Relay CPU seconds per bulk run (the shim or socat; none for direct
+    /// and the door alone).
     pub cpu_secs: Vec<f64>,
+    /// The door's CPU seconds per bulk run, on paths through it.
+    pub door_cpu_secs: Vec<f64>,
     pub rtt_ns: Vec<u64>,
     pub burst_secs: Vec<f64>,
     pub burst_errors: usize,
-    /// Relay CPU over the ping-pong series, and how many round trips it served.
+    /// Relay and door CPU over the ping-pong series, and how many round
+    /// trips they served.
     pub ping_cpu_secs: f64,
+    pub ping_door_cpu_secs: f64,
     pub ping_cpu_count: usize,
     /// CPU seconds the whole machine was busy per bulk run and per burst:
     /// with the client and the server sharing the machine's few cores with
     /// the relay, this over the core count is the least time a run can take.
     pub bulk_machine_secs: Vec<f64>,
     pub burst_machine_secs: Vec<f64>,
+    /// Fresh connections: connect (handshake included) to the first echo, ns.
+    pub setup_ns: Vec<u64>,
     pub errors: Vec<String>,
 }
 
@@ -93,6 +127,18 @@ impl Measured {
     pub fn cpu_per_rtt_us(&self) -> Option<f64> {
         (self.ping_cpu_count > 0).then(|| self.ping_cpu_secs / self.ping_cpu_count as f64 * 1e6)
     }
+    pub fn door_cpu_per_gib(&self, bytes: u64) -> Option<f64> {
+        median(&self.door_cpu_secs).map(|s| s * (1u64 << 30) as f64 / bytes as f64)
+    }
+    pub fn door_cpu_per_rtt_us(&self) -> Option<f64> {
+        (self.ping_cpu_count > 0).then(|| self.ping_door_cpu_secs / self.ping_cpu_count as f64 * 1e6)
+    }
+    pub fn setup_p50_us(&self) -> Option<f64> {
+        percentile(&self.setup_ns, 50.0).map(|ns| ns / 1000.0)
+    }
+    pub fn setup_p99_us(&self) -> Option<f64> {
+        percentile(&self.setup_ns, 99.0).map(|ns| ns / 1000.0)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -108,6 +154,10 @@ pub struct Footprint {
     /// The benchmarked shim's RSS with the same connections after all the
     /// load above (allocator high-water marks included).
     pub shim_rss_after_load_kib: Option<u64>,
+    /// The session's door (in front of the server) with the same connections.
+    pub door_rss_empty_kib: u64,
+    pub door_rss_kib: u64,
+    pub door_idle_ticks: u64,
     pub socat_rss_kib: u64,
     pub socat_processes: usize,
     pub socat_idle_ticks: u64,
@@ -116,7 +166,7 @@ pub struct Footprint {
 pub struct PathReport {
     pub name: String,
     pub description: String,
-    pub measured: [Measured; 3],
+    pub measured: [Measured; N],
     pub footprint: Option<Footprint>,
 }
 
@@ -196,7 +246,7 @@ impl Report {
 
     pub fn verdicts(&self) -> Vec<Verdict> {
         let Some(lo) = self.paths.iter().find(|p| p.name == "loopback") else { return vec![] };
-        let [direct, shim, _] = &lo.measured;
+        let [direct, shim, ..] = &lo.measured;
         let bytes = self.cfg.bulk_bytes;
         let mut out = Vec::new();
         let ratio = shim.bulk_gbps(bytes).zip(direct.bulk_gbps(bytes)).map(|(s, d)| s / d);
@@ -306,114 +356,15 @@ impl Report {
         );
         for path in &self.paths {
             let _ = writeln!(t, "\n## {} — {}\n", path.name, path.description);
-            let _ =
-                writeln!(t, "| | {} | {} | {} |", VARIANTS[0].name(), VARIANTS[1].name(), VARIANTS[2].name());
-            let _ = writeln!(t, "|---|---|---|---|");
-            let [d, s, x] = &path.measured;
-            let bytes = cfg.bulk_bytes;
-            let bulk = |m: &Measured| {
-                let ratio = m.bulk_gbps(bytes).zip(d.bulk_gbps(bytes)).map(|(a, b)| a / b);
-                match (m.bulk_gbps(bytes), ratio) {
-                    (Some(g), Some(r)) if !std::ptr::eq(m, d) => format!("{g:.2} GB/s ({r:.2}×)"),
-                    (Some(g), _) => format!("{g:.2} GB/s"),
-                    _ => "n/a".into(),
-                }
-            };
-            let _ = writeln!(t, "| bulk throughput | {} | {} | {} |", bulk(d), bulk(s), bulk(x));
-            let cpu = |m: &Measured| fmt_opt(m.cpu_per_gib(bytes), |c| format!("{c:.2} s"));
-            let _ = writeln!(t, "| relay CPU per GiB | – | {} | {} |", cpu(s), cpu(x));
-            let cpu_rtt = |m: &Measured| fmt_opt(m.cpu_per_rtt_us(), |c| format!("{c:.1} µs"));
-            let _ = writeln!(t, "| relay CPU per round trip | – | {} | {} |", cpu_rtt(s), cpu_rtt(x));
-            let rtt = |m: &Measured, f: fn(&Measured) -> Option<f64>| match (f(m), f(d)) {
-                (Some(v), Some(base)) if !std::ptr::eq(m, d) => {
-                    format!("{v:.1} µs ({:+.1} µs, {:.2}×)", v - base, v / base)
-                }
-                (Some(v), _) => format!("{v:.1} µs"),
-                _ => "n/a".into(),
-            };
-            let _ = writeln!(
-                t,
-                "| round trip p50 | {} | {} | {} |",
-                rtt(d, Measured::p50_us),
-                rtt(s, Measured::p50_us),
-                rtt(x, Measured::p50_us)
-            );
-            let _ = writeln!(
-                t,
-                "| round trip p99 | {} | {} | {} |",
-                rtt(d, Measured::p99_us),
-                rtt(s, Measured::p99_us),
-                rtt(x, Measured::p99_us)
-            );
-            let burst = |m: &Measured| match (m.burst_median(), d.burst_median()) {
-                (Some(v), Some(base)) if !std::ptr::eq(m, d) => {
-                    format!("{v:.3} s ({:.2}×), {} errors", v / base, m.burst_errors)
-                }
-                (Some(v), _) => format!("{v:.3} s, {} errors", m.burst_errors),
-                _ => format!("n/a, {} errors", m.burst_errors),
-            };
-            let _ = writeln!(
-                t,
-                "| {}-connection burst | {} | {} | {} |",
-                cfg.burst_conns,
-                burst(d),
-                burst(s),
-                burst(x)
-            );
-            let busy = |v: Option<f64>, time: Option<f64>| match (v, time) {
-                (Some(v), Some(time)) => {
-                    format!("{v:.2} s ({:.0}% of {} cores)", v / time / self.cores as f64 * 100.0, self.cores)
-                }
-                _ => "n/a".into(),
-            };
-            let _ = writeln!(
-                t,
-                "| machine CPU busy per bulk run | {} | {} | {} |",
-                busy(d.bulk_machine_median(), median(&d.bulk_secs)),
-                busy(s.bulk_machine_median(), median(&s.bulk_secs)),
-                busy(x.bulk_machine_median(), median(&x.bulk_secs))
-            );
-            let _ = writeln!(
-                t,
-                "| machine CPU busy per burst | {} | {} | {} |",
-                busy(d.burst_machine_median(), d.burst_median()),
-                busy(s.burst_machine_median(), s.burst_median()),
-                busy(x.burst_machine_median(), x.burst_median())
-            );
-            if let Some(fp) = &path.footprint {
-                let _ = writeln!(
-                    t,
-                    "| RSS, {} idle connections{} | – | {:.2} MiB (no connections: {:.2} MiB) | {:.2} MiB in {} processes |",
-                    fp.conns,
-                    if fp.fresh { "" } else { ", after the load above" },
-                    fp.shim_rss_kib as f64 / 1024.0,
-                    fp.shim_rss_empty_kib as f64 / 1024.0,
-                    fp.socat_rss_kib as f64 / 1024.0,
-                    fp.socat_processes
-                );
-                if let Some(after) = fp.shim_rss_after_load_kib {
-                    let _ = writeln!(
-                        t,
-                        "| RSS, {} connections, after the load above | – | {:.2} MiB | – |",
-                        fp.conns,
-                        after as f64 / 1024.0
-                    );
-                }
-                let _ = writeln!(
-                    t,
-                    "| CPU ticks over {} s idle | – | {} | {} |",
-                    fp.idle_secs, fp.shim_idle_ticks, fp.socat_idle_ticks
-                );
-            }
-            for (v, m) in VARIANTS.iter().zip(&path.measured) {
-                for e in &m.errors {
-                    let _ = writeln!(t, "\n{} error: {e}", v.name());
-                }
-            }
+            self.path_table(&mut t, path);
         }
+        self.door_cost_table(&mut t);
         let verdicts = self.verdicts();
         if !verdicts.is_empty() {
-            let _ = writeln!(t, "\n## targets (loopback, ratios from this run)\n");
+            let _ = writeln!(
+                t,
+                "\n## targets (loopback, the whole path: relay and door, ratios from this run)\n"
+            );
             let _ = writeln!(t, "| target | measured | verdict |");
             let _ = writeln!(t, "|---|---|---|");
             for v in &verdicts {
@@ -453,6 +404,147 @@ impl Report {
         t
     }
 
+    /// One path's table: a column per variant, ratios against direct.
+    fn path_table(&self, t: &mut String, path: &PathReport) {
+        let (cfg, cores) = (&self.cfg, self.cores);
+        let bytes = cfg.bulk_bytes;
+        let m = &path.measured;
+        let d = &m[0];
+        let row = |t: &mut String, name: &str, cell: &dyn Fn(usize, &Measured) -> String| {
+            let cells: Vec<String> = m.iter().enumerate().map(|(k, x)| cell(k, x)).collect();
+            let _ = writeln!(t, "| {name} | {} |", cells.join(" | "));
+        };
+        let names: Vec<&str> = VARIANTS.iter().map(|v| v.name()).collect();
+        let _ = writeln!(t, "| | {} |", names.join(" | "));
+        let _ = writeln!(t, "|---|{}", "---|".repeat(N));
+        row(t, "bulk throughput", &|k, x| match (x.bulk_gbps(bytes), d.bulk_gbps(bytes)) {
+            (Some(g), Some(base)) if k > 0 => format!("{g:.2} GB/s ({:.2}×)", g / base),
+            (Some(g), _) => format!("{g:.2} GB/s"),
+            _ => "n/a".into(),
+        });
+        // The relay's and the door's CPU, each where it is on the path.
+        let cpu = |relay: Option<f64>, door: Option<f64>, unit: &str, digits: usize| {
+            let relay = relay.map(|v| format!("{v:.digits$} {unit}"));
+            let door = door.map(|v| format!("door {v:.digits$} {unit}"));
+            match (relay, door) {
+                (Some(r), Some(d)) => format!("{r} + {d}"),
+                (Some(one), None) | (None, Some(one)) => one,
+                (None, None) => "–".into(),
+            }
+        };
+        row(t, "relay (+ door) CPU per GiB", &|k, x| {
+            let relay = VARIANTS[k].has_relay().then(|| x.cpu_per_gib(bytes)).flatten();
+            let door = VARIANTS[k].has_door().then(|| x.door_cpu_per_gib(bytes)).flatten();
+            cpu(relay, door, "s", 2)
+        });
+        row(t, "relay (+ door) CPU per round trip", &|k, x| {
+            let relay = VARIANTS[k].has_relay().then(|| x.cpu_per_rtt_us()).flatten();
+            let door = VARIANTS[k].has_door().then(|| x.door_cpu_per_rtt_us()).flatten();
+            cpu(relay, door, "µs", 1)
+        });
+        let added = |k: usize, v: Option<f64>, base: Option<f64>| match (v, base) {
+            (Some(v), Some(base)) if k > 0 => format!("{v:.1} µs ({:+.1} µs, {:.2}×)", v - base, v / base),
+            (Some(v), _) => format!("{v:.1} µs"),
+            _ => "n/a".into(),
+        };
+        row(t, "round trip p50", &|k, x| added(k, x.p50_us(), d.p50_us()));
+        row(t, "round trip p99", &|k, x| added(k, x.p99_us(), d.p99_us()));
+        row(t, "connection set-up p50", &|k, x| added(k, x.setup_p50_us(), d.setup_p50_us()));
+        row(t, "connection set-up p99", &|k, x| added(k, x.setup_p99_us(), d.setup_p99_us()));
+        row(t, &format!("{}-connection burst", cfg.burst_conns), &|k, x| match (
+            x.burst_median(),
+            d.burst_median(),
+        ) {
+            (Some(v), Some(base)) if k > 0 => {
+                format!("{v:.3} s ({:.2}×), {} errors", v / base, x.burst_errors)
+            }
+            (Some(v), _) => format!("{v:.3} s, {} errors", x.burst_errors),
+            _ => format!("n/a, {} errors", x.burst_errors),
+        });
+        let busy = |v: Option<f64>, time: Option<f64>| match (v, time) {
+            (Some(v), Some(time)) => {
+                format!("{v:.2} s ({:.0}% of {cores} cores)", v / time / cores as f64 * 100.0)
+            }
+            _ => "n/a".into(),
+        };
+        row(t, "machine CPU busy per bulk run", &|_, x| busy(x.bulk_machine_median(), median(&x.bulk_secs)));
+        row(t, "machine CPU busy per burst", &|_, x| busy(x.burst_machine_median(), x.burst_median()));
+        if let Some(fp) = &path.footprint {
+            let mib = |kib: u64| kib as f64 / 1024.0;
+            let _ = writeln!(
+                t,
+                "| RSS, {} idle connections{} | – | {:.2} MiB (no connections: {:.2} MiB) | door {:.2} MiB (no connections: {:.2} MiB) | {:.2} MiB in {} processes |",
+                fp.conns,
+                if fp.fresh { "" } else { ", after the load above" },
+                mib(fp.shim_rss_kib),
+                mib(fp.shim_rss_empty_kib),
+                mib(fp.door_rss_kib),
+                mib(fp.door_rss_empty_kib),
+                mib(fp.socat_rss_kib),
+                fp.socat_processes
+            );
+            if let Some(after) = fp.shim_rss_after_load_kib {
+                let _ = writeln!(
+                    t,
+                    "| RSS, {} connections, after the load above | – | {:.2} MiB | – | – |",
+                    fp.conns,
+                    mib(after)
+                );
+            }
+            let _ = writeln!(
+                t,
+                "| CPU ticks over {} s idle | – | {} | door {} | {} |",
+                fp.idle_secs, fp.shim_idle_ticks, fp.door_idle_ticks, fp.socat_idle_ticks
+            );
+        }
+        for (v, x) in VARIANTS.iter().zip(m) {
+            for e in &x.errors {
+                let _ = writeln!(t, "\n{} error: {e}", v.name());
+            }
+        }
+    }
+
+    /// The door's cost on every path, as ratios against direct measured in
+    /// the same run: the door alone, and the whole path it is part of.
+    fn door_cost_table(&self, t: &mut String) {
+        if self.paths.is_empty() {
+            return;
+        }
+        let bytes = self.cfg.bulk_bytes;
+        let _ = writeln!(t, "\n## the door's cost (against direct, same run)\n");
+        let _ = writeln!(
+            t,
+            "| path | through | connection set-up p50 | bulk throughput | round trip p50 | round trip p99 |"
+        );
+        let _ = writeln!(t, "|---|---|---|---|---|---|");
+        for path in &self.paths {
+            let d = &path.measured[0];
+            for (k, label) in [(2, "door alone"), (1, "relay + door")] {
+                let x = &path.measured[k];
+                let time = |v: Option<f64>, base: Option<f64>| match (v, base) {
+                    (Some(v), Some(base)) => format!("{:.2}× ({v:.0} vs {base:.0} µs)", v / base),
+                    _ => "n/a".into(),
+                };
+                let bulk = match (x.bulk_gbps(bytes), d.bulk_gbps(bytes)) {
+                    (Some(v), Some(base)) => format!("{:.2}× ({v:.2} vs {base:.2} GB/s)", v / base),
+                    _ => "n/a".into(),
+                };
+                let rtt = |v: Option<f64>, base: Option<f64>| match (v, base) {
+                    (Some(v), Some(base)) => format!("{:.2}× ({:+.1} µs)", v / base, v - base),
+                    _ => "n/a".into(),
+                };
+                let _ = writeln!(
+                    t,
+                    "| {} | {label} | {} | {bulk} | {} | {} |",
+                    path.name,
+                    time(x.setup_p50_us(), d.setup_p50_us()),
+                    rtt(x.p50_us(), d.p50_us()),
+                    rtt(x.p99_us(), d.p99_us())
+                );
+            }
+        }
+    }
+
     pub fn json(&self) -> String {
         let cfg = &self.cfg;
         let num = |v: Option<f64>| {
@@ -464,7 +556,7 @@ impl Report {
             j,
             "{{\n  \"started_unix\": {started},\n  \"cores\": {},\n  \"load_average_start\": {},\n  \"load_average_end\": {},\n  \"quick\": {},\n  \"config\": {{\"bulk_bytes\": {}, \"repetitions\": {}, \
              \"ping_pongs\": {}, \"ping_bytes\": 64, \"burst_connections\": {}, \"burst_ping_pongs\": {}, \
-             \"idle_connections\": {}, \"idle_seconds\": {}}},\n  \"paths\": [",
+             \"set_up_connections\": {}, \"idle_connections\": {}, \"idle_seconds\": {}}},\n  \"paths\": [",
             self.cores,
             self.load_before.map_or_else(|| "null".to_owned(), |l| format!("{l:?}")),
             self.load_after.map_or_else(|| "null".to_owned(), |l| format!("{l:?}")),
@@ -474,6 +566,7 @@ impl Report {
             cfg.pings,
             cfg.burst_conns,
             cfg.burst_rounds,
+            cfg.connects,
             cfg.hold_conns,
             cfg.idle.as_secs()
         );
@@ -489,19 +582,30 @@ impl Report {
             for (k, (v, m)) in VARIANTS.iter().zip(&path.measured).enumerate() {
                 let bytes = cfg.bulk_bytes;
                 let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+                let (relay, door) = (v.has_relay(), v.has_door());
                 let _ = write!(
                     j,
-                    "{}\n      {}: {{\"bulk_gb_per_s\": {}, \"bulk_ratio\": {}, \"bulk_seconds\": {:?}, \
-                     \"relay_cpu_s_per_gib\": {}, \"relay_cpu_us_per_round_trip\": {}, \"rtt_p50_us\": {}, \"rtt_p99_us\": {}, \"rtt_p50_added_us\": {}, \
+                    "{}\n      {}: {{\"label\": {}, \"bulk_gb_per_s\": {}, \"bulk_ratio\": {}, \"bulk_seconds\": {:?}, \
+                     \"relay_cpu_s_per_gib\": {}, \"relay_cpu_us_per_round_trip\": {}, \
+                     \"door_cpu_s_per_gib\": {}, \"door_cpu_us_per_round_trip\": {}, \
+                     \"set_up_p50_us\": {}, \"set_up_p99_us\": {}, \"set_up_p50_ratio\": {}, \"set_up_samples\": {}, \
+                     \"rtt_p50_us\": {}, \"rtt_p99_us\": {}, \"rtt_p50_added_us\": {}, \
                      \"rtt_samples\": {}, \"burst_seconds_median\": {}, \"burst_ratio\": {}, \"burst_seconds\": {:?}, \
                      \"burst_errors\": {}, \"bulk_machine_busy_cpu_s\": {}, \"burst_machine_busy_cpu_s\": {}, \"errors\": [{}]}}",
                     if k > 0 { "," } else { "" },
+                    json_str(v.key()),
                     json_str(v.name()),
                     num(m.bulk_gbps(bytes)),
                     num(ratio(m.bulk_gbps(bytes), d.bulk_gbps(bytes))),
                     m.bulk_secs,
-                    num(m.cpu_per_gib(bytes)),
-                    num(m.cpu_per_rtt_us()),
+                    num(m.cpu_per_gib(bytes).filter(|_| relay)),
+                    num(m.cpu_per_rtt_us().filter(|_| relay)),
+                    num(m.door_cpu_per_gib(bytes).filter(|_| door)),
+                    num(m.door_cpu_per_rtt_us().filter(|_| door)),
+                    num(m.setup_p50_us()),
+                    num(m.setup_p99_us()),
+                    num(ratio(m.setup_p50_us(), d.setup_p50_us())),
+                    m.setup_ns.len(),
                     num(m.p50_us()),
                     num(m.p99_us()),
                     num(m.p50_us().zip(d.p50_us()).map(|(a, b)| a - b)),
@@ -521,6 +625,7 @@ impl Report {
                     j,
                     ", \"footprint\": {{\"fresh_shim\": {}, \"connections\": {}, \"idle_seconds\": {}, \"shim_rss_kib\": {}, \
                      \"shim_rss_no_connections_kib\": {}, \"shim_rss_after_load_kib\": {}, \"shim_idle_ticks\": {}, \
+                     \"door_rss_kib\": {}, \"door_rss_no_connections_kib\": {}, \"door_idle_ticks\": {}, \
                      \"socat_rss_kib\": {}, \"socat_processes\": {}, \"socat_idle_ticks\": {}}}",
                     fp.fresh,
                     fp.conns,
@@ -529,6 +634,9 @@ impl Report {
                     fp.shim_rss_empty_kib,
                     fp.shim_rss_after_load_kib.map_or_else(|| "null".to_owned(), |v| v.to_string()),
                     fp.shim_idle_ticks,
+                    fp.door_rss_kib,
+                    fp.door_rss_empty_kib,
+                    fp.door_idle_ticks,
                     fp.socat_rss_kib,
                     fp.socat_processes,
                     fp.socat_idle_ticks
@@ -575,21 +683,23 @@ impl Report {
 }
 
 mod chart {
-    //! One panel per path: each test's three bars relative to direct (so
-    //! "1.0" is direct), the absolute value written on each bar; and a panel
-    //! for the shim's footprint.
+    //! One panel per path: each test's bars (one per variant) relative to
+    //! direct (so "1.0" is direct), the absolute value written on each bar;
+    //! and a panel for the shim's footprint.
 
     use plotters::prelude::*;
     use plotters::style::text_anchor::{HPos, Pos, VPos};
     use plotters::style::FontStyle;
 
     use super::{Measured, Report};
+    use crate::N;
 
     const FONT: &str = "sans-serif";
-    const W: u32 = 1400;
+    const W: u32 = 1600;
     const PANEL_H: u32 = 330;
-    const FOOT_H: u32 = 300;
-    const COLORS: [RGBColor; 3] = [RGBColor(150, 150, 150), RGBColor(33, 110, 200), RGBColor(230, 130, 40)];
+    const FOOT_H: u32 = 380;
+    const COLORS: [RGBColor; N] =
+        [RGBColor(150, 150, 150), RGBColor(33, 110, 200), RGBColor(60, 160, 90), RGBColor(230, 130, 40)];
 
     fn load_font() -> Result<(), String> {
         const CANDIDATES: [&str; 2] =
@@ -606,37 +716,50 @@ mod chart {
     struct Metric {
         name: &'static str,
         better: &'static str,
-        values: [Option<f64>; 3],
+        values: [Option<f64>; N],
         show: fn(f64) -> String,
+        /// Failed connections, written in red above a bar.
+        errors: [usize; N],
     }
 
-    fn metrics(report: &Report, m: &[Measured; 3]) -> Vec<Metric> {
+    fn metrics(report: &Report, m: &[Measured; N]) -> Vec<Metric> {
         let bytes = report.cfg.bulk_bytes;
-        let each = |f: &dyn Fn(&Measured) -> Option<f64>| [f(&m[0]), f(&m[1]), f(&m[2])];
+        let each = |f: &dyn Fn(&Measured) -> Option<f64>| std::array::from_fn(|k| f(&m[k]));
         vec![
             Metric {
                 name: "bulk throughput",
                 better: "higher is better",
                 values: each(&|x| x.bulk_gbps(bytes)),
                 show: |v| format!("{v:.2} GB/s"),
+                errors: [0; N],
             },
             Metric {
                 name: "round trip p50",
                 better: "lower is better",
                 values: each(&|x| x.p50_us()),
                 show: |v| format!("{v:.1} µs"),
+                errors: [0; N],
             },
             Metric {
                 name: "round trip p99",
                 better: "lower is better",
                 values: each(&|x| x.p99_us()),
                 show: |v| format!("{v:.1} µs"),
+                errors: [0; N],
+            },
+            Metric {
+                name: "connection set-up p50",
+                better: "lower is better",
+                values: each(&|x| x.setup_p50_us()),
+                show: |v| format!("{v:.0} µs"),
+                errors: [0; N],
             },
             Metric {
                 name: "200-connection burst",
                 better: "lower is better",
                 values: each(&|x| x.burst_median()),
                 show: |v| format!("{v:.3} s"),
+                errors: std::array::from_fn(|k| m[k].burst_errors),
             },
         ]
     }
@@ -668,11 +791,11 @@ mod chart {
         text(area, &format!("{}: relative to direct (1.0 = direct)", path.name), 20, 8, 20, &black, false)?;
         text(area, &path.description, 20, 32, 15, &RGBColor(60, 60, 60), false)?;
         let metrics = metrics(report, &path.measured);
-        let ratios: Vec<[Option<f64>; 3]> = metrics
+        let ratios: Vec<[Option<f64>; N]> = metrics
             .iter()
-            .map(|m| [0, 1, 2].map(|k| m.values[k].zip(m.values[0]).map(|(v, d)| v / d)))
+            .map(|m| std::array::from_fn(|k| m.values[k].zip(m.values[0]).map(|(v, d)| v / d)))
             .collect();
-        let top = ratios.iter().flatten().flatten().fold(1.0f64, |a, &b| a.max(b)) * 1.25;
+        let top = ratios.iter().flatten().flatten().fold(1.0f64, |a, &b| a.max(b)) * 1.35;
         let (plot_top, plot_bottom) = (62i32, h as i32 - 48);
         let y_of = |r: f64| plot_bottom - ((r / top) * (plot_bottom - plot_top) as f64) as i32;
         let left = 60i32;
@@ -688,8 +811,8 @@ mod chart {
             .map_err(e)?;
         for (g, (metric, ratio)) in metrics.iter().zip(&ratios).enumerate() {
             let x0 = left + g as i32 * group_w;
-            let bar_w = group_w / 4;
-            for k in 0..3 {
+            let bar_w = group_w / (N as i32 + 1);
+            for k in 0..N {
                 let x = x0 + bar_w / 2 + k as i32 * bar_w;
                 let Some(r) = ratio[k] else { continue };
                 area.draw(&Rectangle::new(
@@ -700,13 +823,25 @@ mod chart {
                 let abs = metric.values[k].map(metric.show).unwrap_or_default();
                 text(area, &abs, x + bar_w / 2, y_of(r) - 34, 12, &black, true)?;
                 text(area, &format!("{r:.2}×"), x + bar_w / 2, y_of(r) - 18, 12, &black, true)?;
+                if metric.errors[k] > 0 {
+                    let red = RGBColor(200, 0, 0);
+                    text(
+                        area,
+                        &format!("{} errors", metric.errors[k]),
+                        x + bar_w / 2,
+                        y_of(r) - 50,
+                        12,
+                        &red,
+                        true,
+                    )?;
+                }
             }
             text(area, metric.name, x0 + group_w / 2, plot_bottom + 6, 15, &black, true)?;
             text(area, metric.better, x0 + group_w / 2, plot_bottom + 25, 12, &RGBColor(90, 90, 90), true)?;
         }
         // Legend.
         for (k, v) in super::VARIANTS.iter().enumerate() {
-            let x = w as i32 - 420 + k as i32 * 135;
+            let x = w as i32 - 720 + k as i32 * 175;
             area.draw(&Rectangle::new([(x, 12), (x + 16, 28)], COLORS[k].filled())).map_err(e)?;
             text(area, v.name(), x + 22, 12, 15, &black, false)?;
         }
@@ -721,7 +856,7 @@ mod chart {
         text(
             area,
             &format!(
-                "footprint (loopback): RSS with {} idle connections, CPU while idle, relay CPU per GiB",
+                "footprint (loopback): RSS with {} idle connections, CPU while idle, relay and door CPU per GiB",
                 fp.conns
             ),
             20,
@@ -731,39 +866,34 @@ mod chart {
             false,
         )?;
         let bytes = report.cfg.bulk_bytes;
-        let bars: [(&str, f64, String, usize); 4] = [
-            (
-                "vscode-shim RSS",
-                fp.shim_rss_kib as f64 / 1024.0,
-                format!("{:.2} MiB", fp.shim_rss_kib as f64 / 1024.0),
-                1,
-            ),
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let cpu = |v: Option<f64>| (v.unwrap_or(0.0), format!("{:.2} s", v.unwrap_or(f64::NAN)));
+        let (shim_cpu, door_cpu, socat_cpu) = (
+            cpu(lo.measured[1].cpu_per_gib(bytes)),
+            cpu(lo.measured[1].door_cpu_per_gib(bytes)),
+            cpu(lo.measured[3].cpu_per_gib(bytes)),
+        );
+        // RSS rows first, then CPU rows; the colour is the variant's.
+        let bars: [(&str, f64, String, usize); 6] = [
+            ("vscode-shim RSS", mib(fp.shim_rss_kib), format!("{:.2} MiB", mib(fp.shim_rss_kib)), 1),
+            ("door RSS", mib(fp.door_rss_kib), format!("{:.2} MiB", mib(fp.door_rss_kib)), 2),
             (
                 "socat RSS",
-                fp.socat_rss_kib as f64 / 1024.0,
-                format!("{:.2} MiB ({} processes)", fp.socat_rss_kib as f64 / 1024.0, fp.socat_processes),
-                2,
+                mib(fp.socat_rss_kib),
+                format!("{:.2} MiB ({} processes)", mib(fp.socat_rss_kib), fp.socat_processes),
+                3,
             ),
-            (
-                "vscode-shim CPU/GiB",
-                lo.measured[1].cpu_per_gib(bytes).unwrap_or(0.0),
-                format!("{:.2} s", lo.measured[1].cpu_per_gib(bytes).unwrap_or(f64::NAN)),
-                1,
-            ),
-            (
-                "socat CPU/GiB",
-                lo.measured[2].cpu_per_gib(bytes).unwrap_or(0.0),
-                format!("{:.2} s", lo.measured[2].cpu_per_gib(bytes).unwrap_or(f64::NAN)),
-                2,
-            ),
+            ("vscode-shim CPU/GiB", shim_cpu.0, shim_cpu.1, 1),
+            ("door CPU/GiB (shim's path)", door_cpu.0, door_cpu.1, 2),
+            ("socat CPU/GiB", socat_cpu.0, socat_cpu.1, 3),
         ];
-        let (label_w, row_h, top) = (200i32, 36i32, 46i32);
-        let max_rss = bars[0].1.max(bars[1].1).max(3.0) * 1.1;
-        let max_cpu = bars[2].1.max(bars[3].1).max(0.01) * 1.1;
+        let (label_w, row_h, top) = (230i32, 32i32, 46i32);
+        let max_rss = bars[..3].iter().fold(3.0f64, |a, b| a.max(b.1)) * 1.1;
+        let max_cpu = bars[3..].iter().fold(0.01f64, |a, b| a.max(b.1)) * 1.1;
         let span = (w as i32 - label_w - 300) as f64;
         for (i, (name, value, shown, color)) in bars.iter().enumerate() {
             let y = top + i as i32 * row_h;
-            let scale = if i < 2 { max_rss } else { max_cpu };
+            let scale = if i < 3 { max_rss } else { max_cpu };
             let len = (value / scale * span) as i32;
             text(area, name, 20, y + 6, 15, &black, false)?;
             area.draw(&Rectangle::new(
@@ -773,15 +903,15 @@ mod chart {
             .map_err(e)?;
             text(area, shown, label_w + len + 8, y + 6, 14, &black, false)?;
         }
-        // The RSS target, on the RSS rows' scale.
+        // The shim's RSS target, on the RSS rows' scale.
         let x = label_w + (3.0 / max_rss * span) as i32;
-        area.draw(&PathElement::new(vec![(x, top - 4), (x, top + 2 * row_h - 4)], RED.stroke_width(2)))
+        area.draw(&PathElement::new(vec![(x, top - 4), (x, top + row_h - 4)], RED.stroke_width(2)))
             .map_err(e)?;
         text(area, "3 MiB target", x + 4, top - 18, 12, &RGBColor(200, 0, 0), false)?;
-        let y0 = top + 4 * row_h + 4;
+        let y0 = top + bars.len() as i32 * row_h + 4;
         let idle = format!(
-            "CPU ticks over {} s idle: vscode-shim {}, socat {}",
-            fp.idle_secs, fp.shim_idle_ticks, fp.socat_idle_ticks
+            "CPU ticks over {} s idle: vscode-shim {}, door {}, socat {}",
+            fp.idle_secs, fp.shim_idle_ticks, fp.door_idle_ticks, fp.socat_idle_ticks
         );
         text(area, &idle, 20, y0, 14, &black, false)?;
         // The targets, two to a line.
@@ -811,7 +941,7 @@ mod chart {
         let root = BitMapBackend::new(path, (W, height)).into_drawing_area();
         root.fill(&WHITE).map_err(e)?;
         let title = format!(
-            "vscode-shim relay vs direct and socat{}",
+            "vscode-shim relay and door vs direct and socat{}",
             if report.cfg.quick { " — QUICK run, not the issue's sizes" } else { "" }
         );
         text(&root, &title, 20, 12, 24, &RGBColor(0, 0, 0), false)?;

@@ -11,6 +11,8 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use vscode_slurm_protocol::door::{self, DoorKey};
+
 pub const SINK: u8 = b'S';
 pub const ECHO: u8 = b'E';
 /// Bulk transfers write and read this much per call.
@@ -22,39 +24,86 @@ pub const WARM_UP: usize = 200;
 /// shows up as an error, not a hung benchmark.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How a client reaches the server: straight, or through a SOCKS5 proxy
-/// (ssh -D) that connects to `target` on the far side.
+/// How a client reaches the server: straight or through a SOCKS5 proxy
+/// (ssh -D) that connects to `target` on the far side, and, when
+/// `door_key` is set, through a door: the client speaks the door's
+/// handshake itself (as the shim's relay does) before its first byte.
 #[derive(Debug, Clone, Copy)]
-pub enum Route {
-    Tcp(SocketAddr),
-    Socks { proxy: SocketAddr, target: SocketAddr },
+pub struct Route {
+    pub target: SocketAddr,
+    pub proxy: Option<SocketAddr>,
+    pub door_key: Option<&'static DoorKey>,
 }
 
 impl Route {
+    pub fn tcp(target: SocketAddr) -> Route {
+        Route { target, proxy: None, door_key: None }
+    }
+
+    pub fn socks(proxy: SocketAddr, target: SocketAddr) -> Route {
+        Route { target, proxy: Some(proxy), door_key: None }
+    }
+
+    /// The same way, ending at a door that `key` opens.
+    pub fn through_door(self, key: &'static DoorKey) -> Route {
+        Route { door_key: Some(key), ..self }
+    }
+
     pub fn connect(&self) -> io::Result<TcpStream> {
-        let stream = match *self {
-            Route::Tcp(addr) => TcpStream::connect_timeout(&addr, IO_TIMEOUT)?,
-            Route::Socks { proxy, target } => socks_connect(proxy, target)?,
+        let mut stream = match self.proxy {
+            None => TcpStream::connect_timeout(&self.target, IO_TIMEOUT)?,
+            Some(proxy) => socks_connect(proxy, self.target)?,
         };
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        if let Some(key) = self.door_key {
+            open_door(&mut stream, key)?;
+        }
         Ok(stream)
     }
 
-    pub fn parse(text: &str) -> Result<Route, String> {
+    /// `[door ]TARGET[ via PROXY]`, as [`Route::to_arg`] writes it; `door`
+    /// says the key is needed, which never travels on a command line (the
+    /// `client` role reads it from its stdin).
+    pub fn parse(text: &str) -> Result<(Route, bool), String> {
         let addr = |s: &str| s.parse::<SocketAddr>().map_err(|e| format!("bad address {s:?}: {e}"));
-        match text.split_once(" via ") {
-            Some((target, proxy)) => Ok(Route::Socks { proxy: addr(proxy)?, target: addr(target)? }),
-            None => Ok(Route::Tcp(addr(text)?)),
-        }
+        let (door, text) = match text.strip_prefix("door ") {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let route = match text.split_once(" via ") {
+            Some((target, proxy)) => Route::socks(addr(proxy)?, addr(target)?),
+            None => Route::tcp(addr(text)?),
+        };
+        Ok((route, door))
     }
 
     pub fn to_arg(self) -> String {
-        match self {
-            Route::Tcp(addr) => addr.to_string(),
-            Route::Socks { proxy, target } => format!("{target} via {proxy}"),
+        let door = if self.door_key.is_some() { "door " } else { "" };
+        match self.proxy {
+            None => format!("{door}{}", self.target),
+            Some(proxy) => format!("{door}{} via {proxy}", self.target),
         }
+    }
+}
+
+/// The relay's side of the door handshake (`vscode_slurm_protocol::door`,
+/// the messages `vscode_slurm_door::handshake::open` exchanges), blocking:
+/// after it the stream reaches the server.
+fn open_door(stream: &mut TcpStream, key: &DoorKey) -> io::Result<()> {
+    let mut hello = [0u8; door::HELLO_LEN];
+    stream.read_exact(&mut hello)?;
+    let door_challenge =
+        door::parse_hello(&hello).ok_or_else(|| io::Error::other("the door's address is not a door"))?;
+    let relay_challenge = door::challenge()?;
+    stream.write_all(&door::relay_proof(key, &door_challenge, &relay_challenge))?;
+    let mut answer = [0u8; door::ANSWER_LEN];
+    stream.read_exact(&mut answer)?;
+    match door::check_door_answer(key, &relay_challenge, &door_challenge, &answer) {
+        Some(door::Status::Forwarding) => Ok(()),
+        Some(status) => Err(io::Error::other(format!("the door did not forward: {status:?}"))),
+        None => Err(io::Error::other("the door did not prove the session's key")),
     }
 }
 
@@ -209,6 +258,38 @@ pub fn ping_pong(route: Route, count: usize) -> io::Result<Vec<u64>> {
     s.shutdown(Shutdown::Write)?;
     let mut rest = [0u8; 16];
     while s.read(&mut rest)? > 0 {}
+    Ok(samples)
+}
+
+/// Untimed connections before each set-up series.
+pub const SETUP_WARM_UP: usize = 5;
+
+/// `count` fresh connections one after the other, each timed from the
+/// start of its connect (the SOCKS exchange and the door's handshake
+/// included) to the first 64-byte echo back: what opening a connection
+/// costs before it carries anything. Each is closed cleanly (untimed)
+/// before the next. Samples in nanoseconds.
+pub fn setup(route: Route, count: usize) -> io::Result<Vec<u64>> {
+    let mut samples = Vec::with_capacity(count);
+    let mut first = [9u8; 1 + PING];
+    first[0] = ECHO;
+    let mut back = [0u8; PING];
+    for i in 0..count + SETUP_WARM_UP {
+        let started = Instant::now();
+        let mut s = route.connect()?;
+        s.write_all(&first)?;
+        s.read_exact(&mut back)?;
+        let took = started.elapsed();
+        if back[..] != first[1..] {
+            return Err(io::Error::other("the echo differs"));
+        }
+        if i >= SETUP_WARM_UP {
+            samples.push(took.as_nanos() as u64);
+        }
+        s.shutdown(Shutdown::Write)?;
+        let mut rest = [0u8; 16];
+        while s.read(&mut rest)? > 0 {}
+    }
     Ok(samples)
 }
 
