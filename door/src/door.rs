@@ -216,12 +216,22 @@ mod tests {
         seen
     }
 
-    #[tokio::test]
-    async fn the_sessions_relay_gets_through_and_a_stranger_does_not() {
-        let dir = scratch("through");
+    /// A door with `key` in front of a reversing server in a scratch dir of
+    /// its own: (the door, the server's byte count, the dir to remove).
+    async fn door_to_reverser(
+        name: &str,
+        key: Arc<DoorKey>,
+    ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>, PathBuf) {
+        let dir = scratch(name);
         let path = dir.join("server.sock");
         let seen = reversing_server(&path);
-        let door = start("127.0.0.1".parse().unwrap(), Target::Unix(path), key(1)).await.unwrap();
+        let door = start("127.0.0.1".parse().unwrap(), Target::Unix(path), key).await.unwrap();
+        (door, seen, dir)
+    }
+
+    #[tokio::test]
+    async fn the_sessions_relay_gets_through_and_a_stranger_does_not() {
+        let (door, seen, dir) = door_to_reverser("through", key(1)).await;
 
         let mut relay = TcpStream::connect(door).await.unwrap();
         assert_eq!(
@@ -257,10 +267,7 @@ mod tests {
     /// both directions on new connections, gets nowhere.
     #[tokio::test]
     async fn a_recorded_handshake_replayed_is_refused() {
-        let dir = scratch("replay");
-        let path = dir.join("server.sock");
-        let seen = reversing_server(&path);
-        let door = start("127.0.0.1".parse().unwrap(), Target::Unix(path), key(7)).await.unwrap();
+        let (door, seen, dir) = door_to_reverser("replay", key(7)).await;
 
         // The tap: a plain TCP proxy that records both directions.
         let tap = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -341,10 +348,7 @@ mod tests {
     /// than the door handles at a time wait their turn, none is dropped.
     #[tokio::test]
     async fn a_burst_larger_than_the_pending_bound_all_gets_through() {
-        let dir = scratch("burst");
-        let path = dir.join("server.sock");
-        let seen = reversing_server(&path);
-        let door = start("127.0.0.1".parse().unwrap(), Target::Unix(path), key(5)).await.unwrap();
+        let (door, seen, dir) = door_to_reverser("burst", key(5)).await;
         let relays = (0..MAX_PENDING + 100).map(|i| async move {
             let mut relay = TcpStream::connect(door).await?;
             let status = handshake::open(&mut relay, &key(5))

@@ -8,34 +8,75 @@ use std::time::Duration;
 use vscode_slurm_tests::session::{assert_nothing_left, json_field, Session, SessionOptions};
 use vscode_slurm_tests::Lab;
 
-/// Connects to each target (`HOST:PORT` or a socket path) as whoever runs
-/// it, sends an HTTP request and a VS Code-like hello, and prints what came
-/// back: `<target> <bytes> <first bytes in hex>` or `<target> ERR <why>`.
-const PROBE: &str = r#"
+/// The stranger's tools, in Python as a user would write them.
+/// `probe TARGET...`: connects to each target (`HOST:PORT` or a socket path)
+/// as whoever runs it, sends an HTTP request and a VS Code-like hello, and
+/// prints what came back: `<target> <bytes> <first bytes in hex>` or
+/// `<target> ERR <why>`. `replay DOOR HEX`: connects to the door, reads its
+/// fresh hello, sends the recorded relay proof HEX and prints how many bytes
+/// came back before the door closed.
+const TOOLS: &str = r#"
 import socket, sys
-for target in sys.argv[1:]:
+
+def read_all(s):
+    got = b""
     try:
-        if target.startswith("/"):
-            s = socket.socket(socket.AF_UNIX)
-            s.settimeout(3)
-            s.connect(target)
-        else:
-            host, port = target.rsplit(":", 1)
-            s = socket.create_connection((host, int(port)), timeout=3)
-        s.sendall(b"GET / HTTP/1.0\r\n\r\n" + b"\x00" * 100)
-        got = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    except OSError:
+        pass
+    return got
+
+def probe(targets):
+    for target in targets:
         try:
-            while True:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                got += chunk
-        except OSError:
-            pass
-        print(target, len(got), got[:8].hex(), flush=True)
-    except OSError as e:
-        print(target, "ERR", type(e).__name__, flush=True)
+            if target.startswith("/"):
+                s = socket.socket(socket.AF_UNIX)
+                s.settimeout(3)
+                s.connect(target)
+            else:
+                host, port = target.rsplit(":", 1)
+                s = socket.create_connection((host, int(port)), timeout=3)
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n" + b"\x00" * 100)
+            got = read_all(s)
+            print(target, len(got), got[:8].hex(), flush=True)
+        except OSError as e:
+            print(target, "ERR", type(e).__name__, flush=True)
+
+def replay(door, proof):
+    host, port = door.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    hello = b""
+    while len(hello) < 36:
+        chunk = s.recv(36 - len(hello))
+        if not chunk:
+            break
+        hello += chunk
+    print("hello", hello[:4].decode(errors="replace"), hello[4:].hex(), flush=True)
+    s.sendall(bytes.fromhex(proof) + b"GET / HTTP/1.0\r\n\r\n")
+    print("answer", len(read_all(s)), flush=True)
+
+if sys.argv[1] == "probe":
+    probe(sys.argv[2:])
+else:
+    replay(sys.argv[2], sys.argv[3])
 "#;
+
+/// Puts the tools where every host sees them (the lab's shared /home).
+fn tools(lab: &Lab) -> &'static str {
+    let path = "/home/bob/.stranger-tools.py";
+    if !lab.dir.join("home/bob/.stranger-tools.py").exists() {
+        lab.sh_ok(
+            None,
+            "login",
+            &format!("cat > {path} <<'EOF'\n{TOOLS}\nEOF\nchown bob {path}; chmod 644 {path}"),
+        );
+    }
+    path
+}
 
 /// What bob may see: nothing, a refusal, or exactly the door's hello.
 fn assert_nothing_from_the_server(where_from: &str, report: &str, targets: &[String]) {
@@ -74,19 +115,13 @@ fn alices_doors(lab: &Lab, node: &str, server_local: &str) -> Vec<String> {
 }
 
 fn probe(lab: &Lab, host: &str, via_job_on: Option<&str>, targets: &[String]) -> String {
-    let probe_path = "/home/bob/.stranger-probe.py";
-    let path = lab.dir.join("home/bob/.stranger-probe.py");
-    if !path.exists() {
-        lab.sh_ok(
-            None,
-            "login",
-            &format!("cat > {probe_path} <<'EOF'\n{PROBE}\nEOF\nchown bob {probe_path}"),
-        );
-    }
+    let tools = tools(lab);
     let args = targets.join(" ");
     let command = match via_job_on {
-        Some(node) => format!("srun -w {node} -N1 -n1 -t 2 --job-name=bob-probe python3 {probe_path} {args}"),
-        None => format!("python3 {probe_path} {args}"),
+        Some(node) => {
+            format!("srun -w {node} -N1 -n1 -t 2 --job-name=bob-probe python3 {tools} probe {args}")
+        }
+        None => format!("python3 {tools} probe {args}"),
     };
     let output = lab.sh(Some("bob"), host, &command);
     assert!(output.status.success(), "bob's probe on {host} failed: {output:?}");
@@ -220,33 +255,6 @@ fn a_stranger_in_the_servers_place_gets_no_byte() {
     assert_nothing_left(&lab, "alice", job, Duration::from_secs(20));
 }
 
-/// Connects as root to the door at ARGV[1], reads the door's fresh hello,
-/// sends the relay proof recorded earlier (ARGV[2], hex) and prints how many
-/// bytes came back before the door closed.
-const REPLAY: &str = r#"
-import socket, sys
-host, port = sys.argv[1].rsplit(":", 1)
-s = socket.create_connection((host, int(port)), timeout=10)
-hello = b""
-while len(hello) < 36:
-    chunk = s.recv(36 - len(hello))
-    if not chunk:
-        break
-    hello += chunk
-print("hello", hello[:4].decode(errors="replace"), hello[4:].hex(), flush=True)
-s.sendall(bytes.fromhex(sys.argv[2]) + b"GET / HTTP/1.0\r\n\r\n")
-got = b""
-try:
-    while True:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        got += chunk
-except OSError:
-    pass
-print("answer", len(got), flush=True)
-"#;
-
 /// The bytes of one strace line's string argument (`"\x56\x53..."` with -xx).
 fn strace_bytes(line: &str) -> Option<Vec<u8>> {
     let quoted = line.split_once('"')?.1.split_once('"')?.0;
@@ -305,7 +313,7 @@ fn a_recorded_handshake_replayed_at_the_door_gets_nothing() {
     let proof = recorded.unwrap_or_else(|| panic!("no recorded relay proof in the tap:\n{trace}"));
     let hex: String = proof.iter().map(|b| format!("{b:02x}")).collect();
 
-    let replay = lab.sh_ok(None, "login", &format!("python3 -c '{REPLAY}' {door} {hex}"));
+    let replay = lab.sh_ok(None, "login", &format!("python3 {} replay {door} {hex}", tools(&lab)));
     let lines: Vec<&str> = replay.lines().collect();
     assert!(
         lines.first().is_some_and(|l| l.starts_with("hello VSD1 ")),
