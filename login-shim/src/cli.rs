@@ -14,8 +14,11 @@ use clap::{ArgAction, Parser};
 #[command(
     name = "vscode-shim",
     version,
-    after_help = "Also: `vscode-shim setup --help` (the laptop's ssh entry and VS Code settings) and\n\
-                  `vscode-shim doctor --help` (checks this login node)."
+    after_help = "Subcommands:\n  \
+                  setup      the laptop's ssh entry and VS Code settings (`vscode-shim setup --help`)\n  \
+                  doctor     checks this login node (`vscode-shim doctor --help`)\n  \
+                  sessions   lists your VS Code jobs\n  \
+                  stop       ends a VS Code job (`vscode-shim stop PROFILE|JOBID`)"
 )]
 pub struct Cli {
     /// Address the relay listens on; sshd connects here on VS Code's behalf.

@@ -54,6 +54,7 @@ pub fn command() -> clap::Command {
     Cli::command()
         .subcommand(SetupArgs::command().name("setup"))
         .subcommand(DoctorArgs::command().name("doctor"))
+        .subcommands(crate::sessions::subcommands())
 }
 
 /// Writes a man page (`man`) or a completion script (`bash`, `zsh`, `fish`)

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use vscode_slurm_protocol::slurm;
 
 /// Checks on the login node that VS Code sessions in jobs can work, and prints fixes.
 ///
@@ -137,7 +138,7 @@ fn plugin_loaded(salloc: &Path) -> Check {
         Ok(out) => {
             let text = String::from_utf8_lossy(&out.stdout);
             let errors = String::from_utf8_lossy(&out.stderr);
-            if text.lines().any(|l| l.trim_start().starts_with("--vscode")) {
+            if text.lines().any(|l| l.trim_start().starts_with(&slurm::option_flag())) {
                 Ok("salloc --help lists --vscode".to_owned())
             } else if let Some(line) = errors.lines().find(|l| l.contains("Incompatible Slurm plugin")) {
                 // Slurm: "plugin_load_from_file: Incompatible Slurm plugin PATH version (23.11.5)".
@@ -183,7 +184,7 @@ fn helper_in_job(args: &DoctorArgs) -> Check {
     );
     let mut command = Command::new(&args.salloc);
     command
-        .args(["--vscode", "--nodes=1", "--time=2", "--job-name=vscode-doctor"])
+        .args([&slurm::option_flag(), "--nodes=1", "--time=2", "--job-name=vscode-doctor"])
         .args(&args.salloc_args)
         .args(["srun", "--nodes=1", "--ntasks=1", "sh", "-c", &script])
         .stdin(Stdio::null())

@@ -12,7 +12,7 @@ use tokio::process::{Child, ChildStderr, Command};
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 use vscode_slurm_protocol::door::DoorKey;
-use vscode_slurm_protocol::{env, Nonce};
+use vscode_slurm_protocol::{env, slurm, Nonce};
 
 use crate::cli::Cli;
 use crate::logging;
@@ -55,7 +55,7 @@ pub enum SallocEvent {
 pub fn salloc_command(cli: &Cli, secrets: &Secrets, relay_port: u16) -> Command {
     let mut command = Command::new(&cli.salloc);
     command
-        .arg("--vscode")
+        .arg(slurm::option_flag())
         .arg(format!("--job-name={}", cli.job_name))
         .args(&cli.salloc_args)
         .args(["srun", "--export=ALL", "--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1"])

@@ -212,7 +212,7 @@ async fn join_or_submit(
     signals: &mut Signals,
     hangup: &mut tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(u32, bool), String> {
-    let (mut id, mut submitted) = match persistent::find(cli, profile).await {
+    let (mut id, mut submitted) = match persistent::find(cli, profile).await? {
         Some(found) => {
             let how = if found.running { "joining" } else { "waiting with" };
             logging::progress(format_args!("{how} job {} of profile {profile}", found.id));

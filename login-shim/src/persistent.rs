@@ -16,15 +16,12 @@ use std::time::Duration;
 
 use tokio::process::Command;
 use tokio::time::{sleep, Instant};
-use vscode_slurm_protocol::duration;
+use vscode_slurm_protocol::slurm;
 
 use crate::cli::Cli;
 use crate::job;
 use crate::logging;
 
-/// Every vscode job's name starts with this; `squeue --me` then shows them
-/// as such, and admins can select them with `squeue --name`.
-pub const JOB_NAME_PREFIX: &str = "vscode:";
 /// Profile names go into job names and command lines.
 const MAX_PROFILE: usize = 40;
 
@@ -68,8 +65,10 @@ pub fn derived_profile(args: &[OsString]) -> String {
     format!("args-{:08x}", hash >> 32)
 }
 
+/// `vscode:PROFILE`: `squeue --me` shows the jobs as sessions, and admins
+/// select them with `squeue --name`.
 pub fn job_name(profile: &str) -> String {
-    format!("{JOB_NAME_PREFIX}{profile}")
+    slurm::job_name(profile)
 }
 
 /// A job of ours for this profile that a window can join.
@@ -107,8 +106,16 @@ pub fn joinable(output: &str) -> Vec<Found> {
         .collect()
 }
 
-pub async fn find(cli: &Cli, profile: &str) -> Option<Found> {
-    pick(&list(cli, profile).await?)
+/// The profile's joinable job, if any. A failed or silent squeue is an
+/// error, not "no job": reading it as one would submit a second job.
+pub async fn find(cli: &Cli, profile: &str) -> Result<Option<Found>, String> {
+    match list(cli, profile).await {
+        Some(output) => Ok(pick(&output)),
+        None => Err(format!(
+            "cannot ask Slurm for the job of profile {profile} (squeue failed or did not answer); \
+             reconnect to try again"
+        )),
+    }
 }
 
 /// Two windows opened at once (on one login node or two) may both have
@@ -133,10 +140,16 @@ pub async fn submit(cli: &Cli, profile: &str) -> Result<u32, String> {
     command
         // Requeued after a node failure, the job would come back without
         // its server, and pending windows would wait for it: never.
-        .args(["--parsable", "--vscode", "--no-requeue", "--output=/dev/null", "--error=/dev/null"])
+        .args([
+            "--parsable",
+            &slurm::option_flag(),
+            "--no-requeue",
+            "--output=/dev/null",
+            "--error=/dev/null",
+        ])
         .arg(format!("--job-name={}", job_name(profile)));
     if let Some(linger) = cli.linger {
-        command.arg(format!("--vscode-linger={}", duration::Display(linger)));
+        command.arg(slurm::linger_flag(linger));
     }
     command
         .args(&cli.salloc_args)
@@ -166,6 +179,9 @@ pub async fn submit(cli: &Cli, profile: &str) -> Result<u32, String> {
     }
 }
 
+/// squeue calls that may fail in a row before a pending job counts as gone.
+const SQUEUE_TRIES: u32 = 3;
+
 /// Waits until the job runs, saying how long it has waited every
 /// `report_every`. There is no event to wait on from here: the controller
 /// is asked, soon at first, then at most every `report_every`.
@@ -174,10 +190,19 @@ pub async fn wait_running(cli: &Cli, id: u32) -> Result<(), String> {
     let every = cli.poll_interval();
     let mut pause = Duration::from_millis(200);
     let mut next_report = started + every;
+    // One failed squeue (a busy controller) is not the job's end; only
+    // several in a row are taken as "no longer known" (squeue also fails
+    // for a job the controller has forgotten).
+    let mut failed_in_a_row = 0;
     loop {
-        let state = job::run_slurm_command(&cli.squeue, ["-h", "-j", &id.to_string(), "-o", "%T|%r"])
-            .await
-            .and_then(|out| job::parse_squeue(&out));
+        let output = job::run_slurm_command(&cli.squeue, ["-h", "-j", &id.to_string(), "-o", "%T|%r"]).await;
+        failed_in_a_row = if output.is_some() { 0 } else { failed_in_a_row + 1 };
+        if output.is_none() && failed_in_a_row < SQUEUE_TRIES {
+            sleep(pause).await;
+            pause = (pause * 2).min(every);
+            continue;
+        }
+        let state = output.and_then(|out| job::parse_squeue(&out));
         match state {
             Some((state, _)) if state == "RUNNING" => return Ok(()),
             Some((state, reason)) if state == "PENDING" || state == "CONFIGURING" => {
@@ -205,7 +230,14 @@ pub fn step_command(cli: &Cli, id: u32, profile: &str, secrets: &job::Secrets, r
     let mut command = Command::new(&cli.srun);
     command
         .arg(format!("--jobid={id}"))
-        .args(["--overlap", "--vscode", "--export=ALL", "--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1"])
+        .args([
+            "--overlap",
+            &slurm::option_flag(),
+            "--export=ALL",
+            "--nodes=1",
+            "--ntasks=1",
+            "--kill-on-bad-exit=1",
+        ])
         .arg(format!("--job-name={}", job_name(profile)))
         .arg(&cli.helper)
         .arg("--through-keeper");

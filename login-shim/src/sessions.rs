@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 
-use crate::persistent::JOB_NAME_PREFIX;
+use vscode_slurm_protocol::slurm::{self, Attachment};
 
 #[derive(Debug, Parser)]
 #[command(name = "vscode-shim", disable_version_flag = true)]
@@ -32,6 +32,13 @@ enum SessionsCommand {
         /// A profile name or a job id, as `vscode-shim sessions` shows them.
         which: Option<String>,
     },
+}
+
+/// `sessions` and `stop` as clap knows them, for the man pages and
+/// completions of the whole CLI.
+pub fn subcommands() -> Vec<clap::Command> {
+    use clap::CommandFactory;
+    SessionsCli::command().get_subcommands().cloned().collect()
 }
 
 /// Handles `sessions` and `stop`; None for anything else.
@@ -100,7 +107,7 @@ pub fn parse(output: &str) -> Vec<VsJob> {
         .filter_map(|line| {
             let fields: Vec<&str> = line.trim().splitn(6, '|').collect();
             let [name, id, node, state, left, comment] = fields[..] else { return None };
-            let profile = name.strip_prefix(JOB_NAME_PREFIX)?;
+            let profile = slurm::profile_of(name)?;
             let (windows, ends_at) = parse_comment(comment);
             Some(VsJob {
                 profile: profile.to_owned(),
@@ -115,19 +122,9 @@ pub fn parse(output: &str) -> Vec<VsJob> {
         .collect()
 }
 
-/// The keeper's `vscode:windows=N[,ends=UNIX]`.
+/// The keeper's Comment: attached windows, and when a lingering job ends.
 fn parse_comment(comment: &str) -> (Option<usize>, Option<u64>) {
-    let Some(body) = comment.strip_prefix("vscode:") else { return (None, None) };
-    let mut windows = None;
-    let mut ends = None;
-    for part in body.split(',') {
-        match part.split_once('=') {
-            Some(("windows", n)) => windows = n.parse().ok(),
-            Some(("ends", t)) => ends = t.parse().ok(),
-            _ => {}
-        }
-    }
-    (windows, ends)
+    Attachment::parse(comment).map_or((None, None), |a| (Some(a.windows), a.ends_at))
 }
 
 pub fn table(jobs: &[VsJob], now: u64) -> String {

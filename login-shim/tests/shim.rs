@@ -470,6 +470,12 @@ fn help_and_version_print_normally() {
     assert_eq!(code, Some(0));
     assert!(stdout.contains("--listen-port") && stdout.contains("SALLOC_ARGS"));
     assert!(!stdout.contains("--scancel"), "test-only flags stay hidden");
+    for sub in ["setup", "doctor", "sessions", "stop"] {
+        assert!(
+            stdout.lines().any(|l| l.trim_start().starts_with(sub)),
+            "--help does not list {sub}:\n{stdout}"
+        );
+    }
     let (code, stdout, _) = run_cli(&["--version"]);
     assert_eq!(code, Some(0));
     assert!(stdout.starts_with("vscode-shim "));
@@ -513,4 +519,28 @@ fn other_users_are_refused() {
     );
     // Our own user still gets through.
     exchange(port, 3);
+}
+
+/// A Slurm that does not answer is not "no job": the window says so in one
+/// line and submits nothing (a second job would be the result otherwise).
+#[test]
+fn a_failing_squeue_submits_no_second_job() {
+    let dir = Dir::new();
+    let squeue =
+        dir.script("squeue", "#!/bin/sh\necho 'slurm_load_jobs error: Socket timed out' >&2\nexit 1\n");
+    let sbatch = dir.script("sbatch", "#!/bin/sh\necho called >> \"$STANDIN_DIR/sbatch-called\"\necho 7\n");
+    let output = Command::new(env!("CARGO_BIN_EXE_vscode-shim"))
+        .args(["--profile", "gpu", "--squeue"])
+        .arg(&squeue)
+        .arg("--sbatch")
+        .arg(&sbatch)
+        .args(["--", "--time=10"])
+        .env("STANDIN_DIR", &dir.0)
+        .stdin(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot ask Slurm for the job of profile gpu"), "{stderr}");
+    assert!(!dir.0.join("sbatch-called").exists(), "sbatch was run: {stderr}");
 }

@@ -1,8 +1,12 @@
-//! The contract between `vscode-shim` (login node) and `vscode-job-helper`
-//! (compute node), and the environment the SPANK plugin publishes to the helper.
+//! Every message and name that crosses a process boundary, defined once:
+//! the control lines between `vscode-shim` (login node) and
+//! `vscode-job-helper` (compute node) and the environment they and the SPANK
+//! plugin pass (here), the door handshake between the shim's relay and the
+//! helper's door ([`door`]), the keeper socket's messages ([`keeper`]), the
+//! plugin's options, the job name and the job Comment ([`slurm`]), and the
+//! duration grammar users and admins write ([`duration`]).
 //!
-//! Both binaries link this crate so that the control-line format and the
-//! variable names exist exactly once: a change here changes both sides.
+//! Every binary links this crate, so a change here changes all sides.
 //!
 //! The helper shares one byte stream with VS Code's launch script (the step's
 //! stdout), so control lines are in-band. They carry a per-session secret
@@ -44,6 +48,8 @@ pub mod env {
 
 pub mod door;
 pub mod duration;
+pub mod keeper;
+pub mod slurm;
 
 /// Every control line starts with this, at the start of a line.
 pub const CONTROL_PREFIX: &[u8] = b"@@vscode-slurm@@ ";

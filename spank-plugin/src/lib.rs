@@ -35,12 +35,12 @@ pub mod slurm_version {
 
 /// `--vscode` takes no argument: it only marks the job; everything
 /// site-specific lives in plugstack.conf where users cannot change it.
-pub const OPTION: &str = "vscode";
+pub const OPTION: &str = vscode_slurm_protocol::slurm::OPTION;
 const OPTION_USAGE: &str = "Run this job as a VS Code remote session (used by vscode-shim).";
 
 /// `--vscode-linger=DURATION`: how long the job outlives its last window;
 /// checked against the site's `linger_max` at submission, applied in the job.
-pub const LINGER_OPTION: &str = "vscode-linger";
+pub const LINGER_OPTION: &str = vscode_slurm_protocol::slurm::LINGER_OPTION;
 const LINGER_USAGE: &str = "How long a VS Code job outlives its last window (e.g. 30m; capped by the site).";
 
 /// Set to 1 in the job control environment by salloc/sbatch; Slurm hands it

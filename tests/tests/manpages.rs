@@ -60,7 +60,7 @@ fn every_program_generates_a_man_page_that_formats_cleanly() {
     }
     // The shim's page refers to a page per subcommand; those exist too.
     let shim = generated("vscode-shim", "man");
-    for sub in ["setup", "doctor"] {
+    for sub in ["setup", "doctor", "sessions", "stop"] {
         assert!(shim.contains(&format!("vscode\\-shim\\-{sub}(1)")), "vscode-shim.1 does not refer to {sub}");
         let page = generated("vscode-shim", &format!("man-{sub}"));
         assert!(page.contains(&format!(".TH vscode-shim-{sub} 1")), "no vscode-shim-{sub}.1:\n{page}");
@@ -138,7 +138,10 @@ fn bash_completes(words: &[&str]) -> Vec<String> {
 
 #[test]
 fn bash_completes_the_shim_and_its_subcommands() {
-    assert!(bash_completes(&["se"]).contains(&"setup".to_owned()));
+    let subcommands = bash_completes(&["s"]);
+    for sub in ["setup", "sessions", "stop"] {
+        assert!(subcommands.contains(&sub.to_owned()), "{sub} is not completed: {subcommands:?}");
+    }
     assert_eq!(bash_completes(&["setup", "--lo"]), ["--login"]);
     let doctor = bash_completes(&["doctor", "--"]);
     for option in ["--helper", "--salloc", "--wait", "--no-job"] {

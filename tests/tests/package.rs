@@ -159,9 +159,12 @@ fn the_rpm_holds_the_same_files_as_the_deb() {
         "/usr/share/man/man8/spank_vscode.8.gz".to_owned(),
         "/usr/share/man/man1/vscode-shim-setup.1.gz".to_owned(),
         "/usr/share/man/man1/vscode-shim-doctor.1.gz".to_owned(),
+        "/usr/share/man/man1/vscode-shim-sessions.1.gz".to_owned(),
+        "/usr/share/man/man1/vscode-shim-stop.1.gz".to_owned(),
         format!("{doc}/README.md"),
         format!("{doc}/admin-guide.md"),
         format!("{doc}/troubleshooting.md"),
+        format!("{doc}/security.md"),
     ];
     for b in BINARIES {
         wanted.push(format!("/usr/bin/{b}"));

@@ -33,6 +33,7 @@ use tokio::process::Command;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::{sleep_until, timeout, Instant};
+use vscode_slurm_protocol::slurm::Attachment;
 use vscode_slurm_protocol::{duration, env};
 
 use self::wire::{Answer, SpawnRequest};
@@ -76,14 +77,6 @@ fn job_from_env() -> Result<(Job, PathBuf), String> {
         Err(_) => Duration::ZERO,
     };
     Ok((Job { id, uid: nix::unistd::getuid().as_raw(), linger }, dir))
-}
-
-/// What goes to the job's Comment: attached windows, and when the job ends
-/// if none comes back.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Attachment {
-    windows: usize,
-    ends_at: Option<u64>,
 }
 
 pub async fn run(options: KeepOptions) -> i32 {
@@ -266,15 +259,11 @@ fn spawn_shell(request: &SpawnRequest, fds: [std::os::fd::OwnedFd; 3]) -> io::Re
     command.spawn()
 }
 
-/// `vscode:windows=N` while attached; `vscode:windows=0,ends=UNIX` while
-/// lingering. Read back by `vscode-shim sessions`.
+/// Keeps the job's Comment saying how many windows are attached (see
+/// [`Attachment`]), for `vscode-shim sessions`.
 async fn publish_attachment(job_id: String, scontrol: PathBuf, mut attachment: watch::Receiver<Attachment>) {
     loop {
-        let now = *attachment.borrow_and_update();
-        let comment = match now.ends_at {
-            Some(at) => format!("vscode:windows={},ends={at}", now.windows),
-            None => format!("vscode:windows={}", now.windows),
-        };
+        let comment = attachment.borrow_and_update().encode();
         let args = ["update".to_owned(), format!("JobId={job_id}"), format!("Comment={comment}")];
         if run_slurm(&scontrol, &args).await.is_none() {
             tracing::info!("could not record the attached windows in the job's comment");

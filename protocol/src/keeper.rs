@@ -1,0 +1,155 @@
+//! What a session's helper and the job's keeper say over the keeper's unix
+//! socket.
+//!
+//! The helper sends one spawn request: a header (this module's [`header`])
+//! that carries the three pipe ends the launch script's shell gets as stdin,
+//! stdout and stderr (SCM_RIGHTS, passed by the helper's `keeper::wire`),
+//! then the program, working directory and environment ([`encode_payload`]).
+//! The keeper answers with text lines ([`Answer`]): `pid N` once the shell
+//! runs, `exit CODE` when it ends, and `notice TEXT` whenever the user must
+//! be told something (a time-limit warning). The connection staying open is
+//! what counts as "attached".
+
+use std::io;
+use std::path::PathBuf;
+
+/// The socket's name inside the job's runtime directory.
+pub const SOCKET_NAME: &str = "keeper.sock";
+/// Starts every spawn request's header.
+pub const MAGIC: &[u8; 4] = b"VSK1";
+/// The header: [`MAGIC`] and the payload's length (little-endian u32).
+pub const HEADER_LEN: usize = 8;
+/// Environments are a few KiB; the bound keeps a confused peer from making
+/// the keeper allocate without limit.
+pub const MAX_REQUEST: usize = 1 << 20;
+
+/// What the keeper needs to start the launch script's shell for a session.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SpawnRequest {
+    pub program: PathBuf,
+    pub cwd: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+/// The keeper's answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Pid(u32),
+    Exit(i32),
+    Notice(String),
+}
+
+impl Answer {
+    pub fn line(&self) -> String {
+        match self {
+            Answer::Pid(pid) => format!("pid {pid}\n"),
+            Answer::Exit(code) => format!("exit {code}\n"),
+            Answer::Notice(text) => {
+                format!("notice {}\n", text.replace(|c: char| c.is_control(), " "))
+            }
+        }
+    }
+
+    pub fn parse(line: &str) -> Option<Answer> {
+        let (word, rest) = line.trim_end_matches('\n').split_once(' ')?;
+        match word {
+            "pid" => rest.parse().ok().map(Answer::Pid),
+            "exit" => rest.parse().ok().map(Answer::Exit),
+            "notice" => Some(Answer::Notice(rest.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+pub fn encode_payload(request: &SpawnRequest) -> io::Result<Vec<u8>> {
+    let mut payload = Vec::new();
+    let mut field = |bytes: &[u8]| -> io::Result<()> {
+        if bytes.contains(&0) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the spawn request"));
+        }
+        payload.extend_from_slice(bytes);
+        payload.push(0);
+        Ok(())
+    };
+    use std::os::unix::ffi::OsStrExt;
+    field(request.program.as_os_str().as_bytes())?;
+    field(request.cwd.as_os_str().as_bytes())?;
+    for (key, value) in &request.env {
+        field(format!("{key}={value}").as_bytes())?;
+    }
+    if payload.len() > MAX_REQUEST {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "the environment is too large to pass on"));
+    }
+    Ok(payload)
+}
+
+pub fn decode_payload(payload: &[u8]) -> Option<SpawnRequest> {
+    use std::os::unix::ffi::OsStrExt;
+    let body = payload.strip_suffix(&[0])?;
+    let mut fields = body.split(|&b| b == 0);
+    let program = PathBuf::from(std::ffi::OsStr::from_bytes(fields.next()?));
+    let cwd = PathBuf::from(std::ffi::OsStr::from_bytes(fields.next()?));
+    if !program.is_absolute() || !cwd.is_absolute() {
+        return None;
+    }
+    let env = fields
+        .map(|entry| {
+            let text = std::str::from_utf8(entry).ok()?;
+            let (key, value) = text.split_once('=')?;
+            (!key.is_empty()).then(|| (key.to_owned(), value.to_owned()))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(SpawnRequest { program, cwd, env })
+}
+
+/// The header that goes with the descriptors: magic and payload length.
+pub fn header(payload_len: usize) -> io::Result<[u8; HEADER_LEN]> {
+    let len = u32::try_from(payload_len).map_err(io::Error::other)?;
+    let mut header = [0u8; HEADER_LEN];
+    header[..4].copy_from_slice(MAGIC);
+    header[4..].copy_from_slice(&len.to_le_bytes());
+    Ok(header)
+}
+
+/// The payload length a header announces, if it is a spawn request's and
+/// within [`MAX_REQUEST`].
+pub fn parse_header(header: &[u8; HEADER_LEN]) -> Option<usize> {
+    if &header[..4] != MAGIC {
+        return None;
+    }
+    let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    (len <= MAX_REQUEST).then_some(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_answers_and_headers_round_trip() {
+        let request = SpawnRequest {
+            program: "/bin/bash".into(),
+            cwd: "/home/alice".into(),
+            env: vec![("HOME".into(), "/home/alice".into()), ("EMPTY".into(), String::new())],
+        };
+        assert_eq!(decode_payload(&encode_payload(&request).unwrap()), Some(request));
+        for answer in [Answer::Pid(42), Answer::Exit(-1), Answer::Notice("job 7 ends in 2 minutes".into())] {
+            assert_eq!(Answer::parse(&answer.line()), Some(answer));
+        }
+        assert_eq!(Answer::parse(&Answer::Notice("a\nb".into()).line()), Some(Answer::Notice("a b".into())));
+        assert_eq!(Answer::parse("pid x\n"), None);
+        assert_eq!(Answer::parse("hello\n"), None);
+        assert_eq!(parse_header(&header(1234).unwrap()), Some(1234));
+        assert_eq!(parse_header(&header(MAX_REQUEST + 1).unwrap()), None);
+        assert_eq!(parse_header(b"HTTP/1.0"), None);
+    }
+
+    #[test]
+    fn bad_payloads_are_refused() {
+        assert_eq!(decode_payload(b""), None);
+        assert_eq!(decode_payload(b"bash\0/home\0"), None, "relative program");
+        assert_eq!(decode_payload(b"/bin/sh\0/\0NOEQUALS\0"), None);
+        assert_eq!(decode_payload(b"/bin/sh\0/\0=x\0"), None);
+        assert!(decode_payload(b"/bin/sh\0/\0A=b=c\0").is_some());
+    }
+}
