@@ -1,50 +1,11 @@
-//! Durations as admins write them in a crontab (`2h30m`) and as they read
-//! them in a table (`2h03m`): compact, no spaces, no fractions.
+//! Durations as admins read them in a table (`2h03m`): compact, two units
+//! at most. They write them in the project's one grammar (`2h30m`).
 
 use std::time::Duration;
 
-/// Accepts `90`, `30s`, `10m`, `1h`, `2h30m`, `1d12h`: plain seconds or a
-/// sequence of number+unit pairs, each unit at most once, largest first.
-pub fn parse(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("empty duration".into());
-    }
-    if text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("'{text}' is too large"));
-    }
-    const UNITS: [(char, u64); 4] = [('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)];
-    let mut total: u64 = 0;
-    // Index into UNITS of the last unit seen: the next one must be smaller.
-    let mut last: Option<usize> = None;
-    let mut digits = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let Some(index) = UNITS.iter().position(|(u, _)| *u == c.to_ascii_lowercase()) else {
-            return Err(format!("'{text}' is not a duration (use e.g. 90, 30s, 10m, 1h, 2h30m)"));
-        };
-        if digits.is_empty() {
-            return Err(format!("'{text}': '{c}' needs a number before it"));
-        }
-        if last.is_some_and(|l| index <= l) {
-            return Err(format!("'{text}': units must go from largest to smallest, each once"));
-        }
-        let n: u64 = digits.parse().map_err(|_| format!("'{text}' is too large"))?;
-        total = n
-            .checked_mul(UNITS[index].1)
-            .and_then(|secs| total.checked_add(secs))
-            .ok_or_else(|| format!("'{text}' is too large"))?;
-        digits.clear();
-        last = Some(index);
-    }
-    if !digits.is_empty() {
-        return Err(format!("'{text}': '{digits}' needs a unit (s, m, h or d) after it"));
-    }
-    Ok(Duration::from_secs(total))
-}
+/// `--min-age` and `--grace` are read with the one duration grammar of the
+/// project (`vscode_slurm_protocol::duration`), so a site has one rule.
+pub use vscode_slurm_protocol::duration::parse;
 
 /// Two units at most: an admin deciding what to end needs "3d04h", not the seconds.
 pub fn format(duration: Duration) -> String {
@@ -86,13 +47,15 @@ mod tests {
 
     #[test]
     fn accepts_the_forms_admins_write() {
-        assert_eq!(secs("90"), 90);
+        assert_eq!(secs("90s"), 90);
         assert_eq!(secs("0"), 0);
         assert_eq!(secs("30s"), 30);
         assert_eq!(secs("10m"), 600);
         assert_eq!(secs("1h"), 3_600);
         assert_eq!(secs("2h30m"), 9_000);
         assert_eq!(secs("1h0m5s"), 3_605);
+        // A bare number is refused, as for --linger: minutes or seconds?
+        assert!(parse("90").unwrap_err().contains("no unit"));
         assert_eq!(secs("1d12h"), 129_600);
         assert_eq!(secs(" 2H "), 7_200);
     }
@@ -102,8 +65,8 @@ mod tests {
         for bad in ["", "h", "1x", "1h1", "30m1h", "1h1h", "1.5h", "-1", "1 h", "99999999999999999999"] {
             assert!(parse(bad).is_err(), "{bad:?} was accepted");
         }
-        assert!(parse("1h1").unwrap_err().contains("needs a unit"));
-        assert!(parse("99999999999999999999d").unwrap_err().contains("too large"));
+        assert!(parse("1h1").unwrap_err().contains("no unit"));
+        assert!(parse("99999999999999999999d").unwrap_err().contains("longer than a year"));
     }
 
     #[test]

@@ -206,7 +206,7 @@ fn the_deb_holds_the_generated_man_pages_and_a_commented_plugstack_line() {
     let line: Vec<_> = example.lines().filter(|l| l.contains("required")).collect();
     assert_eq!(
         line,
-        [format!("# required {DEB_PLUGIN} bind=nodeaddr runtime_dir=/run/vscode-slurm kill_grace=5")],
+        [format!("# required {DEB_PLUGIN} bind=nodeaddr runtime_dir=/run/vscode-slurm kill_grace=5s")],
         "the example must hold one commented required line:\n{example}"
     );
 }
@@ -311,7 +311,7 @@ fn the_installed_deb_runs_a_session_from_installed_files_only() {
     let plugstack = lab.sh_ok(None, "login", "grep -h '^required' /etc/slurm/plugstack.conf.d/*.conf");
     assert_eq!(
         plugstack.trim(),
-        format!("required {DEB_PLUGIN} bind=nodeaddr runtime_dir=/run/vscode-slurm kill_grace=5")
+        format!("required {DEB_PLUGIN} bind=nodeaddr runtime_dir=/run/vscode-slurm kill_grace=5s")
     );
 
     let session = Session::open(lab, SessionOptions::default());
