@@ -198,6 +198,20 @@ impl LineProcess {
         }
     }
 
+    /// Collects stderr until it ends (the process and everything that
+    /// shares its stderr are gone), or `timeout` passes: what a process
+    /// wrote just before it exited may still be on its way to us.
+    pub fn stderr_to_end(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => self.stderr_seen.push(line),
+                Err(RecvTimeoutError::Disconnected | RecvTimeoutError::Timeout) => return,
+            }
+        }
+    }
+
     /// Waits for the process to exit, killing it after `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;

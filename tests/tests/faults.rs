@@ -48,7 +48,10 @@ fn fault_ends_the_shim(client: &mut LineProcess, inject: impl FnOnce(&mut LinePr
 }
 
 /// The one line that explains the end, containing every word of `words`.
+/// Called once ssh has exited: the client exits right after, and its
+/// stderr is read to its end so that the shim's last line is not missed.
 fn assert_one_line(client: &mut LineProcess, words: &[&str]) -> String {
+    client.stderr_to_end(Duration::from_secs(10));
     let lines = shim_lines(client);
     assert_eq!(lines.len(), 1, "want exactly one vscode-shim line, got {lines:?}\n{}", dump(client));
     for word in words {
