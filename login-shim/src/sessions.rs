@@ -38,7 +38,13 @@ enum SessionsCommand {
 /// completions of the whole CLI.
 pub fn subcommands() -> Vec<clap::Command> {
     use clap::CommandFactory;
-    SessionsCli::command().get_subcommands().cloned().collect()
+    SessionsCli::command()
+        .get_subcommands()
+        .map(|sub| {
+            let bin_name = format!("vscode-shim {}", sub.get_name());
+            sub.clone().bin_name(bin_name)
+        })
+        .collect()
 }
 
 /// Handles `sessions` and `stop`; None for anything else.
