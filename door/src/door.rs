@@ -116,22 +116,21 @@ enum Server {
 /// answered there: a server that exited leaves its address to anyone.
 async fn connect(target: &Target) -> (Status, Option<Server>) {
     let me = nix::unistd::getuid().as_raw();
-    let connected = match target {
-        Target::Unix(path) => timeout(SERVER_CONNECT_TIMEOUT, UnixStream::connect(path)).await.map(|r| {
-            r.and_then(|server| {
+    let connected = timeout(SERVER_CONNECT_TIMEOUT, async {
+        match target {
+            Target::Unix(path) => {
+                let server = UnixStream::connect(path).await?;
                 let uid = server.peer_cred()?.uid();
-                Ok((Some(uid), Server::Unix(server)))
-            })
-        }),
-        Target::Tcp(addr) => match timeout(SERVER_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(server)) => match server.local_addr() {
-                Ok(ours) => Ok(Ok((tcp_owner(*addr, ours).await, Server::Tcp(server)))),
-                Err(e) => Ok(Err(e)),
-            },
-            Ok(Err(e)) => Ok(Err(e)),
-            Err(elapsed) => Err(elapsed),
-        },
-    };
+                io::Result::Ok((Some(uid), Server::Unix(server)))
+            }
+            Target::Tcp(addr) => {
+                let server = TcpStream::connect(addr).await?;
+                let ours = server.local_addr()?;
+                Ok((tcp_owner(*addr, ours).await, Server::Tcp(server)))
+            }
+        }
+    })
+    .await;
     match connected {
         Ok(Ok((Some(uid), server))) if uid == me => (Status::Forwarding, Some(server)),
         Ok(Ok((uid, _))) => {

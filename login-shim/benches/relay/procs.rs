@@ -225,17 +225,25 @@ impl Relay for Door {
 impl Drop for Door {
     fn drop(&mut self) {
         // Closing stdin ends the door, as the end of its window does.
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        end_by_closing_stdin(&mut self.child, self.stdin.take(), Duration::from_secs(5));
     }
+}
+
+/// Closes `stdin` (how both the shim and the door learn their session is
+/// over), gives `child` `within` to leave by itself, then kills it. There is
+/// no event for another process's exit short of waiting on it, so the wait
+/// is a bounded poll.
+fn end_by_closing_stdin(child: &mut Child, stdin: Option<ChildStdin>, within: Duration) {
+    drop(stdin);
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 pub fn clock_ticks_per_second() -> f64 {
@@ -446,16 +454,7 @@ impl Relay for Shim {
 impl Drop for Shim {
     fn drop(&mut self) {
         // Closing stdin ends the session the way VS Code does.
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        end_by_closing_stdin(&mut self.child, self.stdin.take(), Duration::from_secs(10));
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
