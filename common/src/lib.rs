@@ -1,0 +1,1 @@
+//! User-side helpers (work in progress).

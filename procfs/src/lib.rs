@@ -1,0 +1,1 @@
+//! Root-side `/proc` reading and pidfd signalling (work in progress).
