@@ -1,6 +1,5 @@
 use std::time::Duration;
 
-use clap::error::ErrorKind;
 use clap::Parser;
 
 use crate::duration;
@@ -19,7 +18,7 @@ use crate::duration;
 #[command(
     name = "vscode-janitor",
     version,
-    after_help = "Durations: 90 (seconds), 30s, 10m, 1h, 2h30m, 1d.\n\
+    after_help = "Durations: 30s, 10m, 1h, 2h30m, 1d (a unit on every number, largest first).\n\
                   Exit status: 0 done, 1 a tree could not be ended or /proc could not be read, 2 bad arguments.\n\
                   From cron, e.g.: */15 * * * * root /usr/bin/vscode-janitor --kill --min-age 2h --message"
 )]
@@ -62,61 +61,11 @@ pub struct Cli {
     pub generate: Option<String>,
 }
 
-impl Cli {
-    /// Cron mails stderr and admins grep logs: a usage error is one line,
-    /// not clap's paragraph; help and version print as usual.
-    pub fn parse_or_exit() -> Cli {
-        match Cli::try_parse() {
-            Ok(cli) => cli,
-            Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
-            Err(e) => usage_error(&error_text(&e.render().to_string())),
-        }
-    }
-}
-
-/// Writes a man page (`man`) or a completion script (`bash`, `zsh`, `fish`)
-/// to stdout, for packaging; returns the exit code.
-pub fn generate(what: &str) -> i32 {
-    use clap::CommandFactory;
-    let mut command = Cli::command();
-    let name = command.get_name().to_owned();
-    let mut out = std::io::stdout();
-    let shell = match what {
-        "man" => return clap_mangen::Man::new(command).render(&mut out).map_or(1, |()| 0),
-        "bash" => clap_complete::Shell::Bash,
-        "zsh" => clap_complete::Shell::Zsh,
-        "fish" => clap_complete::Shell::Fish,
-        _ => {
-            eprintln!("{name}: --generate takes man, bash, zsh or fish");
-            return 2;
-        }
-    };
-    clap_complete::generate(shell, &mut command, name, &mut out);
-    0
-}
-
-/// Exits 2 with `what` as the one line on stderr.
+/// Exits 2 with `what` as the one line on stderr, like a usage error of
+/// clap's (cron mails stderr and admins grep logs).
 pub fn usage_error(what: &str) -> ! {
-    eprintln!("{}", one_line(what));
-    std::process::exit(2);
-}
-
-pub fn one_line(what: &str) -> String {
-    format!("vscode-janitor: {what}; see 'vscode-janitor --help'")
-}
-
-/// The first paragraph of clap's message, on one line (a "required
-/// arguments" error names them on the lines after the first).
-fn error_text(rendered: &str) -> String {
-    let words: Vec<&str> =
-        rendered.lines().map(str::trim).skip_while(|l| l.is_empty()).take_while(|l| !l.is_empty()).collect();
-    let text = words.join(" ");
-    let text = text.strip_prefix("error: ").unwrap_or(&text).to_owned();
-    if text.is_empty() {
-        "invalid arguments".into()
-    } else {
-        text
-    }
+    eprintln!("vscode-janitor: {what}; see 'vscode-janitor --help'");
+    std::process::exit(vscode_slurm_common::cli::USAGE);
 }
 
 #[cfg(test)]
@@ -129,7 +78,7 @@ mod tests {
 
     fn error(args: &[&str]) -> String {
         let e = parse(args).expect_err("should fail");
-        one_line(&error_text(&e.render().to_string()))
+        vscode_slurm_common::cli::one_line("vscode-janitor", None, &e.render().to_string())
     }
 
     #[test]

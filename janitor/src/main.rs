@@ -24,9 +24,10 @@ use crate::judge::{Policy, Verdict};
 use crate::report::Entry;
 
 fn main() {
-    let cli = Cli::parse_or_exit();
+    let cli: Cli = vscode_slurm_common::cli::parse_or_exit();
     if let Some(what) = &cli.generate {
-        std::process::exit(cli::generate(what));
+        use clap::CommandFactory;
+        std::process::exit(vscode_slurm_common::cli::generate(Cli::command(), what));
     }
     let only_uid = match cli.user.as_deref() {
         None => None,

@@ -373,23 +373,7 @@ mod tests {
     }
 
     fn script_strategy() -> impl Strategy<Value = Vec<u8>> {
-        let piece = prop_oneof![
-            Just(b"--port=0".to_vec()),
-            Just(b"--port 0".to_vec()),
-            Just(b"--on-port".to_vec()),
-            Just(b"--bind-addr=127.0.0.1:".to_vec()),
-            Just(b"--bind-addr localhost".to_vec()),
-            Just(b"--host=127.0.0.1".to_vec()),
-            Just(b"127.0.0.1".to_vec()),
-            Just(b"-".to_vec()),
-            Just(b"--".to_vec()),
-            Just(b" ".to_vec()),
-            Just(b"=".to_vec()),
-            Just(b"0".to_vec()),
-            Just(b"\n".to_vec()),
-            proptest::collection::vec(any::<u8>(), 0..12),
-        ];
-        proptest::collection::vec(piece, 0..16).prop_map(|parts| parts.concat())
+        crate::test_streams::made_of("--port=0|--port 0|--on-port|--bind-addr=127.0.0.1:|--bind-addr localhost|--host=127.0.0.1|127.0.0.1|-|--| |=|0|\n")
     }
 
     /// Reference: the same rules as a plain scan over the whole input.

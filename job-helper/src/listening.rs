@@ -372,18 +372,7 @@ mod tests {
     }
 
     fn stream_strategy() -> impl Strategy<Value = Vec<u8>> {
-        let piece = prop_oneof![
-            Just(b"listeningOn==5555==".to_vec()),
-            Just(b"listeningOn==127.0.0.1:6666==".to_vec()),
-            Just(b"listeningOn==/tmp/s.sock==".to_vec()),
-            Just(b"listeningOn==".to_vec()),
-            Just(b"listening".to_vec()),
-            Just(b"==".to_vec()),
-            Just(b"\n".to_vec()),
-            Just(b"1".to_vec()),
-            proptest::collection::vec(any::<u8>(), 0..12),
-        ];
-        proptest::collection::vec(piece, 0..16).prop_map(|parts| parts.concat())
+        crate::test_streams::made_of("listeningOn==5555==|listeningOn==127.0.0.1:6666==|listeningOn==/tmp/s.sock==|listeningOn==|listening|==|\n|1")
     }
 
     proptest! {
@@ -393,16 +382,7 @@ mod tests {
             raw_cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
         ) {
             let whole = run(&[&stream]);
-            let mut cuts: Vec<usize> = raw_cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
-            cuts.sort_unstable();
-            let mut chunks = Vec::new();
-            let mut start = 0;
-            for cut in cuts {
-                chunks.push(&stream[start..cut]);
-                start = cut;
-            }
-            chunks.push(&stream[start..]);
-            prop_assert_eq!(&run(&chunks), &whole);
+            prop_assert_eq!(&run(&split_at(&stream, &raw_cuts)), &whole);
             let bytes: Vec<&[u8]> = stream.chunks(1).collect();
             prop_assert_eq!(&run(&bytes), &whole);
             // Nothing is lost or added: the pieces spell the input again.
@@ -459,16 +439,7 @@ mod tests {
     }
 
     fn split_at<'a>(stream: &'a [u8], raw: &[prop::sample::Index]) -> Vec<&'a [u8]> {
-        let mut cuts: Vec<usize> = raw.iter().map(|i| i.index(stream.len() + 1)).collect();
-        cuts.sort_unstable();
-        let mut chunks = Vec::new();
-        let mut start = 0;
-        for cut in cuts {
-            chunks.push(&stream[start..cut]);
-            start = cut;
-        }
-        chunks.push(&stream[start..]);
-        chunks
+        vscode_slurm_protocol::testing::chunks(stream, raw.iter().map(|i| i.index(stream.len() + 1)))
     }
 
     /// Reference: the rules as a plain pass over the whole stream, line by

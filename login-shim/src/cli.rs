@@ -1,26 +1,52 @@
+//! The whole command line in one place: a session (`vscode-shim [OPTIONS]
+//! -- SALLOC_ARGS`, what ssh's RemoteCommand runs) or one subcommand.
+
 use std::ffi::OsString;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::error::ErrorKind;
-use clap::{ArgAction, Parser};
+use clap::{Args, Parser, Subcommand};
+use vscode_slurm_common::logging::LogArgs;
+use vscode_slurm_common::slurm::Programs;
+
+use crate::doctor::DoctorArgs;
+use crate::sessions::{SessionsArgs, StopArgs};
+use crate::setup::SetupArgs;
 
 /// Starts a Slurm job for a VS Code Remote-SSH session and relays to it.
 ///
 /// Meant as the `RemoteCommand` of an ssh host entry, e.g.
 /// `RemoteCommand vscode-shim -- --partition=gpu --time=4:00:00`.
 #[derive(Debug, Parser)]
-#[command(
-    name = "vscode-shim",
-    version,
-    after_help = "Subcommands:\n  \
-                  setup      the laptop's ssh entry and VS Code settings (`vscode-shim setup --help`)\n  \
-                  doctor     checks this login node (`vscode-shim doctor --help`)\n  \
-                  sessions   lists your VS Code jobs\n  \
-                  stop       ends a VS Code job (`vscode-shim stop PROFILE|JOBID`)"
-)]
+#[command(name = "vscode-shim", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub session: SessionArgs,
+
+    /// Print a man page (man, man-SUBCOMMAND) or a completion script (bash,
+    /// zsh, fish), for packaging.
+    #[arg(long, value_name = "WHAT", hide = true)]
+    pub generate: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    // Setup and doctor are described by their own structs' doc comments.
+    Setup(SetupArgs),
+    Doctor(DoctorArgs),
+    /// List your VS Code jobs: profile, job, node, state, time left, windows, grace left.
+    Sessions(SessionsArgs),
+    /// End a VS Code job: by profile name or job id (the only one, if none is given).
+    Stop(StopArgs),
+}
+
+/// A session: what ssh runs for VS Code.
+#[derive(Debug, Args)]
+pub struct SessionArgs {
     /// Address the relay listens on; sshd connects here on VS Code's behalf.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
     pub listen_host: IpAddr,
@@ -53,7 +79,7 @@ pub struct Cli {
     #[arg(long, value_name = "DURATIONS", value_parser = parse_warnings)]
     pub warn_before: Option<String>,
 
-    /// The salloc program.
+    /// The salloc program (used with --no-profile).
     #[arg(long, value_name = "PATH", default_value = "salloc")]
     pub salloc: PathBuf,
 
@@ -69,17 +95,8 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub poll_interval: u64,
 
-    /// More log output (-v info, -vv debug, -vvv trace).
-    #[arg(short, long, action = ArgAction::Count)]
-    pub verbose: u8,
-
-    /// Only errors on stderr.
-    #[arg(short, long, conflicts_with = "verbose")]
-    pub quiet: bool,
-
-    /// Also log to this file (at least info level); %p becomes the pid.
-    #[arg(long, value_name = "PATH")]
-    pub log_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub log: LogArgs,
 
     /// Copy what VS Code sends (the launch script) to this file; %p becomes the pid.
     #[arg(long, value_name = "PATH")]
@@ -93,50 +110,16 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub tee_stderr: Option<PathBuf>,
 
-    /// The scancel program (for tests without Slurm).
-    #[arg(long, value_name = "PATH", default_value = "scancel", hide = true)]
-    pub scancel: PathBuf,
+    #[command(flatten)]
+    pub slurm: Programs,
 
-    /// The squeue program (for tests without Slurm).
-    #[arg(long, value_name = "PATH", default_value = "squeue", hide = true)]
-    pub squeue: PathBuf,
-
-    /// The sbatch program (for tests without Slurm).
-    #[arg(long, value_name = "PATH", default_value = "sbatch", hide = true)]
-    pub sbatch: PathBuf,
-
-    /// The srun program (for tests without Slurm).
-    #[arg(long, value_name = "PATH", default_value = "srun", hide = true)]
-    pub srun: PathBuf,
-
-    /// The scontrol program (for tests without Slurm).
-    #[arg(long, value_name = "PATH", default_value = "scontrol", hide = true)]
-    pub scontrol: PathBuf,
-
-    /// Arguments for salloc, e.g. `--partition=gpu --time=4:00:00`.
+    /// Options for the job, as sbatch and salloc take them, e.g.
+    /// `--partition=gpu --time=4:00:00`.
     #[arg(last = true, value_name = "SALLOC_ARGS")]
-    pub salloc_args: Vec<OsString>,
+    pub job_args: Vec<OsString>,
 }
 
-impl Cli {
-    /// ssh shows stderr to VS Code's log line by line, so clap's multi-line
-    /// usage errors are cut down to one line; help and version print as usual.
-    pub fn parse_or_exit() -> Cli {
-        match Cli::try_parse() {
-            Ok(cli) => cli,
-            Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
-            Err(e) => {
-                eprintln!("{}", one_line_error(&e.render().to_string()));
-                std::process::exit(2);
-            }
-        }
-    }
-
-    /// Whether the session joins or keeps a job of a profile.
-    pub fn persistent(&self) -> bool {
-        !self.no_profile
-    }
-
+impl SessionArgs {
     pub fn connect_wait(&self) -> Duration {
         Duration::from_secs(self.connect_wait)
     }
@@ -159,55 +142,63 @@ fn parse_warnings(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
-fn one_line_error(rendered: &str) -> String {
-    let first = rendered.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("invalid arguments");
-    let what = first.strip_prefix("error: ").unwrap_or(first);
-    format!("vscode-shim: {what}; see 'vscode-shim --help'")
-}
-
-/// Lets several sessions of one user share a path pattern without clobbering each other.
-pub fn expand_pid(path: &Path) -> PathBuf {
-    let text = path.to_string_lossy();
-    if text.contains("%p") {
-        PathBuf::from(text.replace("%p", &std::process::id().to_string()))
-    } else {
-        path.to_path_buf()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
+    use vscode_slurm_common::cli::one_line;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("vscode-shim").chain(args.iter().copied()))
     }
 
+    fn session(args: &[&str]) -> SessionArgs {
+        let cli = parse(args).unwrap();
+        assert!(cli.command.is_none());
+        cli.session
+    }
+
+    fn error_line(args: &[&str]) -> String {
+        one_line("vscode-shim", None, &parse(args).unwrap_err().render().to_string())
+    }
+
     #[test]
-    fn defaults_and_salloc_args_after_double_dash() {
-        let cli = parse(&["-vv", "--", "--partition=gpu", "--time=4:00:00"]).unwrap();
+    fn defaults_and_job_args_after_double_dash() {
+        let cli = session(&["-vv", "--", "--partition=gpu", "--time=4:00:00"]);
         assert_eq!(cli.listen_host.to_string(), "127.0.0.1");
         assert_eq!(cli.listen_port, 0);
         assert_eq!(cli.job_name, "vscode");
         assert_eq!(cli.connect_wait, 300);
         assert_eq!(cli.poll_interval, 5);
-        assert_eq!(cli.verbose, 2);
-        assert_eq!(
-            cli.salloc_args,
-            vec![OsString::from("--partition=gpu"), OsString::from("--time=4:00:00")]
-        );
+        assert_eq!(cli.log.verbose, 2);
+        assert_eq!(cli.slurm.squeue, PathBuf::from("squeue"));
+        assert_eq!(cli.job_args, vec![OsString::from("--partition=gpu"), OsString::from("--time=4:00:00")]);
     }
 
     #[test]
-    fn salloc_args_need_the_double_dash() {
+    fn job_args_need_the_double_dash() {
         assert!(parse(&["--partition=gpu"]).is_err());
         assert!(parse(&["stray"]).is_err());
     }
 
     #[test]
+    fn subcommands_are_one_enum_and_exclude_session_options() {
+        assert!(matches!(parse(&["sessions"]).unwrap().command, Some(Command::Sessions(_))));
+        assert!(matches!(parse(&["stop", "gpu"]).unwrap().command, Some(Command::Stop(_))));
+        assert!(matches!(parse(&["doctor", "--no-job"]).unwrap().command, Some(Command::Doctor(_))));
+        // The fake Slurm programs of tests reach every subcommand.
+        let Some(Command::Sessions(sessions)) =
+            parse(&["sessions", "--squeue", "/x/squeue"]).unwrap().command
+        else {
+            panic!("not parsed as sessions")
+        };
+        assert_eq!(sessions.slurm.squeue, PathBuf::from("/x/squeue"));
+        assert!(parse(&["--profile", "x", "sessions"]).is_err());
+    }
+
+    #[test]
     fn errors_become_one_line() {
-        let e = parse(&["--bogus"]).unwrap_err();
-        let line = one_line_error(&e.render().to_string());
+        let line = error_line(&["--bogus"]);
         assert!(!line.contains('\n'));
         assert!(line.starts_with("vscode-shim: unexpected argument '--bogus'"), "{line}");
         assert!(line.ends_with("; see 'vscode-shim --help'"));
@@ -215,24 +206,20 @@ mod tests {
 
     #[test]
     fn bad_durations_are_one_clear_line() {
-        let e = parse(&["--linger", "10", "--"]).unwrap_err();
-        let line = one_line_error(&e.render().to_string());
+        let line = error_line(&["--linger", "10", "--"]);
         assert!(line.contains("'10' has no unit"), "{line}");
         assert!(line.contains("--linger"), "{line}");
         assert!(!line.contains('\n'));
         assert!(parse(&["--warn-before", "2m,x", "--"]).is_err());
-        let cli = parse(&["--linger", "1h30m", "--warn-before", "2m,1m", "--"]).unwrap();
+        let cli = session(&["--linger", "1h30m", "--warn-before", "2m,1m", "--"]);
         assert_eq!(cli.linger, Some(Duration::from_secs(5400)));
-        assert!(cli.persistent());
-        assert!(parse(&["--"]).unwrap().persistent());
-        assert!(!parse(&["--no-profile", "--"]).unwrap().persistent());
+        assert!(!session(&["--"]).no_profile);
+        assert!(session(&["--no-profile", "--"]).no_profile);
         assert!(parse(&["--no-profile", "--profile", "x", "--"]).is_err());
     }
 
     #[test]
-    fn pid_placeholder_is_expanded() {
-        let pid = std::process::id().to_string();
-        assert_eq!(expand_pid(Path::new("/tmp/shim-%p.log")), PathBuf::from(format!("/tmp/shim-{pid}.log")));
-        assert_eq!(expand_pid(Path::new("/tmp/shim.log")), PathBuf::from("/tmp/shim.log"));
+    fn the_command_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::Args;
 use vscode_slurm_protocol::slurm;
 
 /// Checks on the login node that VS Code sessions in jobs can work, and prints fixes.
@@ -17,8 +17,7 @@ use vscode_slurm_protocol::slurm;
 /// salloc knows --vscode (the spank_vscode plugin is loaded), and that a
 /// tiny `salloc --vscode` job runs the helper on a compute node with the
 /// plugin's environment. Exit status: 0 if every check is ok, 1 otherwise.
-#[derive(Debug, Parser)]
-#[command(name = "doctor", bin_name = "vscode-shim doctor")]
+#[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// The helper program, as vscode-shim's --helper.
     #[arg(long, value_name = "PATH", default_value = "vscode-job-helper")]

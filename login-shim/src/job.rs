@@ -1,9 +1,8 @@
-//! The Slurm side: starting the job, following its state through salloc's
-//! stderr, and explaining its end in terms the VS Code user can act on.
+//! What both lifecycles share on the Slurm side: the session's secrets and
+//! pipes, following the job's state through its srun's or salloc's stderr,
+//! and explaining its end in terms the VS Code user can act on.
 
-use std::ffi::OsStr;
 use std::io;
-use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -11,18 +10,30 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStderr, Command};
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
+use vscode_slurm_common::logging;
+use vscode_slurm_common::slurm::Slurm;
 use vscode_slurm_protocol::door::DoorKey;
-use vscode_slurm_protocol::{env, slurm, Nonce};
-
-use crate::cli::Cli;
-use crate::logging;
+use vscode_slurm_protocol::{env, ControlFilter, Nonce, Piece};
 
 /// Longer stderr lines are forwarded in pieces; the bound keeps memory flat.
 const MAX_STDERR_LINE: usize = 8192;
-/// Slurm client commands get this long before we give up on them.
-const SLURM_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the controller gets to move a job past COMPLETING before its
+/// end is explained from what is known.
+const END_STATE_WAIT: Duration = Duration::from_secs(5);
 
-/// What salloc's stderr has told us so far.
+/// What either way of starting leaves running: the Slurm child (the
+/// window's srun, or salloc) with piped stdio, and what it said so far.
+pub struct Started {
+    pub child: Child,
+    /// With a profile: the job the window joined, already running.
+    pub joined: Option<u32>,
+    /// The window's output so far (with a profile, read up to the helper's
+    /// ready line), and the filter that read it.
+    pub filter: ControlFilter,
+    pub early: Vec<Piece>,
+}
+
+/// What the child's stderr has told us so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobStatus {
     pub id: Option<u32>,
@@ -37,8 +48,9 @@ pub struct JobStatus {
     pub window: bool,
 }
 
+/// A line of salloc's or srun's stderr that says something about the job.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SallocEvent {
+pub enum StderrEvent {
     Pending(u32),
     Granted(u32),
     Error(String),
@@ -46,22 +58,6 @@ pub enum SallocEvent {
     /// The controller took the allocation back (node failure, cancel):
     /// salloc may still wait for an srun that can no longer end by itself.
     Revoked,
-}
-
-/// The salloc command line; the helper runs as the job's single task.
-///
-/// `--export=ALL` because the launch script needs the user's normal
-/// environment (HOME above all), whatever the site's default is.
-pub fn salloc_command(cli: &Cli, secrets: &Secrets, relay_port: u16) -> Command {
-    let mut command = Command::new(&cli.salloc);
-    command
-        .arg(slurm::option_flag())
-        .arg(format!("--job-name={}", cli.job_name))
-        .args(&cli.salloc_args)
-        .args(["srun", "--export=ALL", "--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1"])
-        .arg(&cli.helper);
-    with_session_streams(&mut command, secrets, relay_port);
-    command
 }
 
 /// What only this shim and its window's helper know. Both travel in the
@@ -99,40 +95,40 @@ pub fn with_session_streams(command: &mut Command, secrets: &Secrets, relay_port
         .stderr(Stdio::piped());
 }
 
-pub fn parse_salloc_line(line: &str) -> Option<SallocEvent> {
+pub fn parse_stderr_line(line: &str) -> Option<StderrEvent> {
     if let Some(hint) = end_hint(line) {
-        return Some(SallocEvent::EndHint(hint));
+        return Some(StderrEvent::EndHint(hint));
     }
     let line = line.trim_end();
     // A window's srun says what salloc would when the allocation is lost.
     if let Some(rest) = line.strip_prefix("srun: ") {
         if rest.starts_with("error: Node failure on ") {
-            return Some(SallocEvent::EndHint("NODE_FAIL"));
+            return Some(StderrEvent::EndHint("NODE_FAIL"));
         }
         return (rest.starts_with("Job allocation ") && rest.ends_with(" has been revoked."))
-            .then_some(SallocEvent::Revoked);
+            .then_some(StderrEvent::Revoked);
     }
     let rest = line.strip_prefix("salloc: ")?;
     if rest.starts_with("error: Node failure on ") {
-        return Some(SallocEvent::EndHint("NODE_FAIL"));
+        return Some(StderrEvent::EndHint("NODE_FAIL"));
     }
     if rest.starts_with("Job allocation ") && rest.ends_with(" has been revoked.") {
-        return Some(SallocEvent::Revoked);
+        return Some(StderrEvent::Revoked);
     }
     if let Some(error) = rest.strip_prefix("error: ") {
-        return Some(SallocEvent::Error(error.trim().to_owned()));
+        return Some(StderrEvent::Error(error.trim().to_owned()));
     }
     if let Some(id) = rest.strip_prefix("Pending job allocation ") {
-        return id.parse().ok().map(SallocEvent::Pending);
+        return id.parse().ok().map(StderrEvent::Pending);
     }
     if let Some(id) = rest.strip_prefix("Granted job allocation ") {
-        return id.parse().ok().map(SallocEvent::Granted);
+        return id.parse().ok().map(StderrEvent::Granted);
     }
     let (id, tail) = rest.strip_prefix("job ")?.split_once(' ')?;
     let id = id.parse().ok()?;
     match tail {
-        "queued and waiting for resources" => Some(SallocEvent::Pending(id)),
-        "has been allocated resources" => Some(SallocEvent::Granted(id)),
+        "queued and waiting for resources" => Some(StderrEvent::Pending(id)),
+        "has been allocated resources" => Some(StderrEvent::Granted(id)),
         _ => None,
     }
 }
@@ -156,20 +152,20 @@ fn end_hint(line: &str) -> Option<&'static str> {
     })
 }
 
-fn apply(status: &mut JobStatus, event: SallocEvent) {
+fn apply(status: &mut JobStatus, event: StderrEvent) {
     match event {
-        SallocEvent::Pending(id) => status.id = Some(id),
-        SallocEvent::Granted(id) => {
+        StderrEvent::Pending(id) => status.id = Some(id),
+        StderrEvent::Granted(id) => {
             status.id = Some(id);
             status.granted = true;
         }
-        SallocEvent::Error(text) => status.last_error = Some(text),
-        SallocEvent::EndHint(state) => status.end_hint = Some(state),
-        SallocEvent::Revoked => status.revoked = true,
+        StderrEvent::Error(text) => status.last_error = Some(text),
+        StderrEvent::EndHint(state) => status.end_hint = Some(state),
+        StderrEvent::Revoked => status.revoked = true,
     }
 }
 
-/// Forwards salloc's stderr (which also carries srun's and the helper's)
+/// Forwards the child's stderr (which also carries the helper's)
 /// line by line, learning the job's id and state on the way.
 pub async fn follow_stderr(stderr: ChildStderr, status: watch::Sender<JobStatus>) {
     let mut reader = BufReader::new(stderr);
@@ -180,13 +176,13 @@ pub async fn follow_stderr(stderr: ChildStderr, status: watch::Sender<JobStatus>
             Ok(0) => return,
             Ok(_) => {}
             Err(e) => {
-                tracing::debug!("reading salloc's stderr: {e}");
+                tracing::debug!("reading the job's stderr: {e}");
                 return;
             }
         }
         logging::write_stderr(&line);
-        if let Some(event) = parse_salloc_line(&String::from_utf8_lossy(&line)) {
-            tracing::debug!("salloc: {event:?}");
+        if let Some(event) = parse_stderr_line(&String::from_utf8_lossy(&line)) {
+            tracing::debug!("from the job's stderr: {event:?}");
             status.send_if_modified(|s| {
                 let before = s.clone();
                 apply(s, event);
@@ -223,7 +219,7 @@ async fn read_line_bounded<R: AsyncBufReadExt + Unpin>(
 
 /// While the job waits in the queue nothing reaches VS Code, so stderr is
 /// the only sign of life the user gets.
-pub async fn report_progress(mut status: watch::Receiver<JobStatus>, squeue: &Path, every: Duration) {
+pub async fn report_progress(mut status: watch::Receiver<JobStatus>, slurm: &Slurm, every: Duration) {
     let started = Instant::now();
     let mut ticks = tokio::time::interval_at(started + every, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -246,8 +242,10 @@ pub async fn report_progress(mut status: watch::Receiver<JobStatus>, squeue: &Pa
             logging::progress(format_args!("waiting for salloc to submit the job, waited {waited}"));
             continue;
         };
-        let state = run_slurm_command(squeue, ["-h", "-j", &id.to_string(), "-o", "%T|%r"])
+        let state = slurm
+            .squeue(&["-h", "-j", &id.to_string(), "-o", "%T|%r"])
             .await
+            .ok()
             .and_then(|out| parse_squeue(&out));
         match state {
             Some((state, _)) if state == "RUNNING" => return,
@@ -298,14 +296,17 @@ fn is_transient(state: &str) -> bool {
 
 /// Asks the controller how the job ended, giving it a few seconds to move
 /// past COMPLETING (the epilog is still running when salloc returns).
-pub async fn query_end(scontrol: &Path, id: u32) -> Option<JobEnd> {
-    let deadline = Instant::now() + SLURM_COMMAND_TIMEOUT;
+pub async fn query_end(slurm: &Slurm, id: u32) -> Option<JobEnd> {
+    let deadline = Instant::now() + END_STATE_WAIT;
     loop {
-        let end = run_slurm_command(scontrol, ["-o", "show", "job", &id.to_string()])
+        let end = slurm
+            .scontrol(&["-o", "show", "job", &id.to_string()])
             .await
+            .ok()
             .and_then(|out| parse_scontrol(&out));
         match end {
             Some(end) if is_transient(&end.state) && Instant::now() < deadline => {
+                // The controller sends no event when a job's state settles.
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             end => return end,
@@ -314,10 +315,10 @@ pub async fn query_end(scontrol: &Path, id: u32) -> Option<JobEnd> {
 }
 
 /// The one line the user sees when the session ends without VS Code asking.
-pub fn explain_end(status: &JobStatus, end: Option<&JobEnd>, salloc: ExitStatus) -> String {
+pub fn explain_end(status: &JobStatus, end: Option<&JobEnd>, child: ExitStatus) -> String {
     let describe_exit = |exit| describe_exit(exit, status.window);
     let Some(id) = status.id else {
-        let cause = status.last_error.clone().unwrap_or_else(|| describe_exit(salloc));
+        let cause = status.last_error.clone().unwrap_or_else(|| describe_exit(child));
         return format!(
             "salloc could not start the job: {cause}; check the salloc arguments after -- in RemoteCommand"
         );
@@ -325,7 +326,7 @@ pub fn explain_end(status: &JobStatus, end: Option<&JobEnd>, salloc: ExitStatus)
     if status.window && end.is_some_and(|end| end.state == "RUNNING") {
         return format!(
             "this window's step in job {id} ended ({}); the job goes on for its other windows: reconnect to join it",
-            describe_exit(salloc)
+            describe_exit(child)
         );
     }
     let (state, reason) = match end {
@@ -333,10 +334,7 @@ pub fn explain_end(status: &JobStatus, end: Option<&JobEnd>, salloc: ExitStatus)
         _ => match status.end_hint {
             Some(hint) => (hint, ""),
             None => {
-                return format!(
-                    "job {id} ended ({}); reconnect to start a new session",
-                    describe_exit(salloc)
-                )
+                return format!("job {id} ended ({}); reconnect to start a new session", describe_exit(child))
             }
         },
     };
@@ -374,19 +372,11 @@ pub fn explain_end(status: &JobStatus, end: Option<&JobEnd>, salloc: ExitStatus)
     format!("job {id} ended: {state}{detail}; {advice}")
 }
 
-/// The line for a salloc that died by a signal, after its job was cancelled.
+/// The line for a window's srun that died by a signal of someone else's.
 pub fn explain_srun_killed(id: u32, signal: i32) -> String {
     format!(
         "srun for this window of job {id} was killed by signal {signal}; the job ends unless another window \
          uses it; reconnect to start or join a session"
-    )
-}
-
-/// The line for a salloc that died by a signal, after its job was cancelled.
-pub fn explain_salloc_killed(id: u32, signal: i32) -> String {
-    format!(
-        "salloc for job {id} was killed by signal {signal}; the job was cancelled so that nothing keeps \
-         running; reconnect to start a new session"
     )
 }
 
@@ -400,54 +390,22 @@ fn describe_exit(status: ExitStatus, window: bool) -> String {
     }
 }
 
-/// Best effort: the job may already be gone, and Slurm's own error goes to our log.
-pub async fn scancel(program: &Path, id: u32) {
-    tracing::info!("cancelling job {id}");
-    let _ = run_slurm_command(program, [id.to_string()]).await;
-}
-
-/// Runs a Slurm client command with a time bound; its stdout on success.
-pub async fn run_slurm_command<I, S>(program: &Path, args: I) -> Option<String>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let mut command = Command::new(program);
-    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    let output = match timeout(SLURM_COMMAND_TIMEOUT, command.output()).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(e)) => {
-            tracing::info!("could not run {}: {e}", program.display());
-            return None;
-        }
-        Err(_) => {
-            tracing::info!("{} did not answer within {SLURM_COMMAND_TIMEOUT:?}", program.display());
-            return None;
-        }
-    };
-    if !output.status.success() {
-        tracing::info!("{} failed: {}", program.display(), String::from_utf8_lossy(&output.stderr).trim());
-        return None;
-    }
-    Some(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// Ends salloc: a bounded wait for it to leave by itself (stdin closed, job
-/// cancelled), then SIGTERM, then SIGKILL.
+/// Ends the child: a bounded wait for it to leave by itself (stdin closed,
+/// job cancelled), then SIGTERM, then SIGKILL.
 pub async fn stop(child: &mut Child, grace: Duration) {
     if let Ok(Ok(status)) = timeout(grace, child.wait()).await {
-        tracing::debug!("salloc exited: {status}");
+        tracing::debug!("the job's srun or salloc exited: {status}");
         return;
     }
     if let Some(pid) = child.id() {
-        tracing::info!("salloc still running after {grace:?}; sending SIGTERM");
+        tracing::info!("the job's srun or salloc still runs after {grace:?}; sending SIGTERM");
         let _ =
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
         if timeout(Duration::from_secs(2), child.wait()).await.is_ok() {
             return;
         }
     }
-    tracing::info!("salloc ignored SIGTERM; killing it");
+    tracing::info!("the job's srun or salloc ignored SIGTERM; killing it");
     let _ = child.kill().await;
 }
 
@@ -458,28 +416,28 @@ mod tests {
     use std::os::unix::process::ExitStatusExt;
 
     #[test]
-    fn salloc_lines() {
+    fn stderr_lines() {
         let cases = [
-            ("salloc: Pending job allocation 42\n", Some(SallocEvent::Pending(42))),
-            ("salloc: job 42 queued and waiting for resources", Some(SallocEvent::Pending(42))),
-            ("salloc: job 42 has been allocated resources\n", Some(SallocEvent::Granted(42))),
-            ("salloc: Granted job allocation 42", Some(SallocEvent::Granted(42))),
+            ("salloc: Pending job allocation 42\n", Some(StderrEvent::Pending(42))),
+            ("salloc: job 42 queued and waiting for resources", Some(StderrEvent::Pending(42))),
+            ("salloc: job 42 has been allocated resources\n", Some(StderrEvent::Granted(42))),
+            ("salloc: Granted job allocation 42", Some(StderrEvent::Granted(42))),
             (
                 "salloc: error: Job submit/allocate failed: Invalid partition name specified\n",
-                Some(SallocEvent::Error("Job submit/allocate failed: Invalid partition name specified".into())),
+                Some(StderrEvent::Error("Job submit/allocate failed: Invalid partition name specified".into())),
             ),
             (
                 "slurmstepd: error: *** STEP 42.0 ON c1 CANCELLED AT 2024-05-01T10:00:00 DUE TO TIME LIMIT ***",
-                Some(SallocEvent::EndHint("TIMEOUT")),
+                Some(StderrEvent::EndHint("TIMEOUT")),
             ),
             (
                 "srun: error: *** JOB 42 ON c1 CANCELLED AT 2024-05-01T10:00:00 ***",
-                Some(SallocEvent::EndHint("CANCELLED")),
+                Some(StderrEvent::EndHint("CANCELLED")),
             ),
-            ("salloc: error: Node failure on c1\n", Some(SallocEvent::EndHint("NODE_FAIL"))),
-            ("salloc: Job allocation 42 has been revoked.\n", Some(SallocEvent::Revoked)),
-            ("srun: error: Node failure on c1", Some(SallocEvent::EndHint("NODE_FAIL"))),
-            ("srun: Job allocation 42 has been revoked.", Some(SallocEvent::Revoked)),
+            ("salloc: error: Node failure on c1\n", Some(StderrEvent::EndHint("NODE_FAIL"))),
+            ("salloc: Job allocation 42 has been revoked.\n", Some(StderrEvent::Revoked)),
+            ("srun: error: Node failure on c1", Some(StderrEvent::EndHint("NODE_FAIL"))),
+            ("srun: Job allocation 42 has been revoked.", Some(StderrEvent::Revoked)),
             ("salloc: Waiting for resource configuration", None),
             ("salloc: Nodes c1 are ready for job", None),
             ("salloc: Relinquishing job allocation 42", None),
@@ -489,7 +447,7 @@ mod tests {
             ("listeningOn==4000==", None),
         ];
         for (line, expected) in cases {
-            assert_eq!(parse_salloc_line(line), expected, "{line}");
+            assert_eq!(parse_stderr_line(line), expected, "{line}");
         }
     }
 
@@ -497,11 +455,11 @@ mod tests {
     fn status_follows_the_events() {
         let mut status = JobStatus::default();
         for line in ["salloc: Pending job allocation 7", "salloc: job 7 queued and waiting for resources"] {
-            apply(&mut status, parse_salloc_line(line).unwrap());
+            apply(&mut status, parse_stderr_line(line).unwrap());
         }
         assert_eq!(status.id, Some(7));
         assert!(!status.granted);
-        apply(&mut status, parse_salloc_line("salloc: Granted job allocation 7").unwrap());
+        apply(&mut status, parse_stderr_line("salloc: Granted job allocation 7").unwrap());
         assert!(status.granted);
     }
 
@@ -611,7 +569,7 @@ mod tests {
     proptest! {
         #[test]
         fn parsers_never_panic(line in ".*") {
-            let _ = parse_salloc_line(&line);
+            let _ = parse_stderr_line(&line);
             let _ = parse_scontrol(&line);
             let _ = parse_squeue(&line);
         }

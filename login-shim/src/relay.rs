@@ -26,7 +26,7 @@ static REFUSED: Refusals = Refusals::new("relay connections refused");
 const BACKLOG: u32 = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Bound before salloc starts, because the port goes into the job's
+/// Bound before the job's srun or salloc starts, because the port goes into the job's
 /// environment and VS Code may connect the moment it reads `listeningOn`.
 pub fn bind(host: IpAddr, port: u16) -> io::Result<TcpListener> {
     let addr = SocketAddr::new(host, port);

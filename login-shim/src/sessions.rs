@@ -1,86 +1,51 @@
 //! `vscode-shim sessions` and `vscode-shim stop`: the user's vscode jobs as
 //! Slurm knows them, from any login node.
 
-use std::process::{Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use clap::{Parser, Subcommand};
-
+use clap::Args;
+use vscode_slurm_common::slurm::{Programs, Slurm};
+use vscode_slurm_common::unix_now;
 use vscode_slurm_protocol::slurm::{self, Attachment};
 
-#[derive(Debug, Parser)]
-#[command(name = "vscode-shim", disable_version_flag = true)]
-struct SessionsCli {
-    #[command(subcommand)]
-    command: SessionsCommand,
-
-    /// The squeue program.
-    #[arg(long, value_name = "PATH", default_value = "squeue", hide = true, global = true)]
-    squeue: String,
-
-    /// The scancel program.
-    #[arg(long, value_name = "PATH", default_value = "scancel", hide = true, global = true)]
-    scancel: String,
+#[derive(Debug, Args)]
+pub struct SessionsArgs {
+    #[command(flatten)]
+    pub slurm: Programs,
 }
 
-#[derive(Debug, Subcommand)]
-enum SessionsCommand {
-    /// List your VS Code jobs: profile, job, node, state, time left, windows, grace left.
-    Sessions,
-    /// End a VS Code job: by profile name or job id (the only one, if none is given).
-    Stop {
-        /// A profile name or a job id, as `vscode-shim sessions` shows them.
-        which: Option<String>,
-    },
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// A profile name or a job id, as `vscode-shim sessions` shows them.
+    which: Option<String>,
+
+    #[command(flatten)]
+    pub slurm: Programs,
 }
 
-/// `sessions` and `stop` as clap knows them, for the man pages and
-/// completions of the whole CLI.
-pub fn subcommands() -> Vec<clap::Command> {
-    use clap::CommandFactory;
-    SessionsCli::command()
-        .get_subcommands()
-        .map(|sub| {
-            let bin_name = format!("vscode-shim {}", sub.get_name());
-            sub.clone().bin_name(bin_name)
-        })
-        .collect()
-}
-
-/// Handles `sessions` and `stop`; None for anything else.
-pub fn dispatch() -> Option<i32> {
-    let args: Vec<String> = std::env::args().collect();
-    if !matches!(args.get(1).map(String::as_str), Some("sessions" | "stop")) {
-        return None;
-    }
-    let cli = match SessionsCli::try_parse_from(&args) {
-        Ok(cli) => cli,
-        Err(e) if e.use_stderr() => {
-            let rendered = e.render().to_string();
-            let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
-            eprintln!(
-                "vscode-shim: {}; see 'vscode-shim {} --help'",
-                first.trim_start_matches("error: "),
-                args[1]
-            );
-            return Some(2);
-        }
-        Err(e) => e.exit(),
-    };
-    let jobs = match list(&cli.squeue) {
-        Ok(jobs) => jobs,
-        Err(e) => {
-            eprintln!("vscode-shim: {e}");
-            return Some(1);
-        }
-    };
-    Some(match cli.command {
-        SessionsCommand::Sessions => {
+/// `vscode-shim sessions`; returns the exit code.
+pub async fn sessions(args: &SessionsArgs) -> i32 {
+    let slurm = slurm_client(&args.slurm);
+    match list(&slurm).await {
+        Ok(jobs) => {
             print!("{}", table(&jobs, unix_now()));
             0
         }
-        SessionsCommand::Stop { which } => stop(&cli.scancel, &jobs, which.as_deref()),
-    })
+        Err(e) => {
+            eprintln!("vscode-shim: {e}");
+            1
+        }
+    }
+}
+
+/// `vscode-shim stop`; returns the exit code.
+pub async fn stop(args: &StopArgs) -> i32 {
+    let slurm = slurm_client(&args.slurm);
+    match list(&slurm).await {
+        Ok(jobs) => stop_chosen(&slurm, &jobs, args.which.as_deref()).await,
+        Err(e) => {
+            eprintln!("vscode-shim: {e}");
+            1
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,16 +60,13 @@ pub struct VsJob {
     pub ends_at: Option<u64>,
 }
 
-fn list(squeue: &str) -> Result<Vec<VsJob>, String> {
-    let output = Command::new(squeue)
-        .args(["--me", "-h", "-o", "%j|%i|%N|%T|%L|%k"])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {squeue}: {e}"))?;
-    if !output.status.success() {
-        return Err(format!("squeue failed: {}", String::from_utf8_lossy(&output.stderr).trim()));
-    }
-    Ok(parse(&String::from_utf8_lossy(&output.stdout)))
+fn slurm_client(programs: &Programs) -> Slurm {
+    Slurm::new(programs.clone(), crate::session::SLURM_TIMEOUT)
+}
+
+async fn list(slurm: &Slurm) -> Result<Vec<VsJob>, String> {
+    let output = slurm.squeue(&["--me", "-h", "-o", "%j|%i|%N|%T|%L|%k"]).await.map_err(|e| e.to_string())?;
+    Ok(parse(&output))
 }
 
 pub fn parse(output: &str) -> Vec<VsJob> {
@@ -165,7 +127,7 @@ pub fn table(jobs: &[VsJob], now: u64) -> String {
         .collect()
 }
 
-fn stop(scancel: &str, jobs: &[VsJob], which: Option<&str>) -> i32 {
+async fn stop_chosen(slurm: &Slurm, jobs: &[VsJob], which: Option<&str>) -> i32 {
     let chosen: Vec<&VsJob> = match which {
         None if jobs.len() == 1 => jobs.iter().collect(),
         None if jobs.is_empty() => {
@@ -190,24 +152,15 @@ fn stop(scancel: &str, jobs: &[VsJob], which: Option<&str>) -> i32 {
     }
     let mut code = 0;
     for job in chosen {
-        let status = Command::new(scancel).arg(job.id.to_string()).stdin(Stdio::null()).status();
-        match status {
-            Ok(s) if s.success() => println!("stopped job {} (profile {})", job.id, job.profile),
-            Ok(s) => {
-                eprintln!("vscode-shim: scancel {} failed ({s})", job.id);
-                code = 1;
-            }
+        match slurm.scancel(job.id).await {
+            Ok(()) => println!("stopped job {} (profile {})", job.id, job.profile),
             Err(e) => {
-                eprintln!("vscode-shim: cannot run {scancel}: {e}");
+                eprintln!("vscode-shim: job {} was not stopped: {e}", job.id);
                 code = 1;
             }
         }
     }
     code
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::Args;
 
 /// Default ssh config file for the VS Code hosts (`remote.SSH.configFile`).
 const DEFAULT_CONFIG: &str = "~/.ssh/vscode-slurm.config";
@@ -17,8 +17,7 @@ const DEFAULT_CONFIG: &str = "~/.ssh/vscode-slurm.config";
 /// Run it anywhere (it only prints); with --write the ssh host entry is also
 /// appended to --config, unless that file already has a `Host` entry for
 /// the alias.
-#[derive(Debug, Parser)]
-#[command(name = "setup", bin_name = "vscode-shim setup")]
+#[derive(Debug, Args)]
 pub struct SetupArgs {
     /// The cluster's login node, as reached from the laptop.
     #[arg(long, value_name = "HOST")]

@@ -13,16 +13,17 @@ use vscode_slurm_protocol::{ControlFilter, ControlMessage, Piece};
 const BUFFER: usize = 16 * 1024;
 
 /// Why stdin forwarding stopped: VS Code hanging up means "end the session";
-/// salloc no longer reading means it is on its way out by itself.
+/// the job's srun or salloc no longer reading means it is on its way out by
+/// itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StdinEnd {
     Eof,
-    SallocGone,
+    ChildGone,
 }
 
-/// Copies our stdin to salloc byte for byte; returning drops (closes)
-/// salloc's stdin, which is how the helper learns the session is over.
-pub async fn forward_stdin(mut to_salloc: ChildStdin, mut tee: Option<File>) -> StdinEnd {
+/// Copies our stdin to the child byte for byte; returning drops (closes)
+/// its stdin, which is how the helper learns the session is over.
+pub async fn forward_stdin(mut to_child: ChildStdin, mut tee: Option<File>) -> StdinEnd {
     let mut stdin = tokio::io::stdin();
     let mut buf = vec![0u8; BUFFER];
     loop {
@@ -36,22 +37,22 @@ pub async fn forward_stdin(mut to_salloc: ChildStdin, mut tee: Option<File>) -> 
         };
         write_tee(&mut tee, &buf[..n]);
         if let Err(e) = async {
-            to_salloc.write_all(&buf[..n]).await?;
-            to_salloc.flush().await
+            to_child.write_all(&buf[..n]).await?;
+            to_child.flush().await
         }
         .await
         {
-            tracing::debug!("writing to salloc's stdin: {e}");
-            return StdinEnd::SallocGone;
+            tracing::debug!("writing to the job's stdin: {e}");
+            return StdinEnd::ChildGone;
         }
     }
 }
 
-/// Passes salloc's stdout to VS Code, taking out this session's control
+/// Passes the job's stdout to VS Code, taking out this session's control
 /// lines. An endpoint is published before any byte after it is written, so
 /// the relay knows its target by the time VS Code reads `listeningOn`.
 pub async fn forward_stdout(
-    mut from_salloc: ChildStdout,
+    mut from_child: ChildStdout,
     mut filter: ControlFilter,
     early: Vec<Piece>,
     endpoint: watch::Sender<Option<SocketAddr>>,
@@ -63,11 +64,11 @@ pub async fn forward_stdout(
     }
     let mut buf = vec![0u8; BUFFER];
     loop {
-        let n = match from_salloc.read(&mut buf).await {
+        let n = match from_child.read(&mut buf).await {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) => {
-                tracing::debug!("reading salloc's stdout: {e}");
+                tracing::debug!("reading the job's stdout: {e}");
                 break;
             }
         };
@@ -144,7 +145,7 @@ pub async fn wait_ready(from: &mut ChildStdout, filter: &mut ControlFilter) -> O
 struct Stdout {
     stdout: tokio::io::Stdout,
     tee: Option<File>,
-    /// Once VS Code is gone we keep draining salloc so the job never blocks
+    /// Once VS Code is gone we keep draining the job's output so the job never blocks
     /// on a full pipe while it is being torn down.
     broken: bool,
 }

@@ -48,8 +48,11 @@ pub mod env {
 
 pub mod door;
 pub mod duration;
+pub mod helper;
 pub mod keeper;
 pub mod slurm;
+#[doc(hidden)]
+pub mod testing;
 
 /// Every control line starts with this, at the start of a line.
 pub const CONTROL_PREFIX: &[u8] = b"@@vscode-slurm@@ ";
@@ -417,15 +420,7 @@ mod tests {
         #[test]
         fn any_split_gives_the_same_result(stream in stream_strategy(), cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8)) {
             let whole = run(&[&stream]);
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
-            points.sort_unstable();
-            let mut chunks = Vec::new();
-            let mut start = 0;
-            for p in points {
-                chunks.push(&stream[start..p]);
-                start = p;
-            }
-            chunks.push(&stream[start..]);
+            let chunks = split_at(&stream, &cuts);
             prop_assert_eq!(run(&chunks), whole.clone());
             // Data out is exactly the input minus the consumed control lines.
             let data: Vec<u8> = whole.iter().flat_map(|p| match p { Piece::Data(d) => d.clone(), _ => vec![] }).collect();
@@ -477,16 +472,7 @@ mod tests {
     }
 
     fn split_at<'a>(stream: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
-        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
-        points.sort_unstable();
-        let mut chunks = Vec::new();
-        let mut start = 0;
-        for p in points {
-            chunks.push(&stream[start..p]);
-            start = p;
-        }
-        chunks.push(&stream[start..]);
-        chunks
+        crate::testing::chunks(stream, cuts.iter().map(|i| i.index(stream.len() + 1)))
     }
 
     /// Control lines, their near misses and the bytes that break them:

@@ -24,7 +24,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,7 +32,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::process::Command;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, Instant};
+use vscode_slurm_common::slurm::Slurm;
+use vscode_slurm_common::unix_now;
 use vscode_slurm_protocol::slurm::Attachment;
 use vscode_slurm_protocol::{duration, env};
 
@@ -41,16 +43,13 @@ use self::wire::{Answer, SpawnRequest};
 /// A job whose first window never arrives (its shim died while the job was
 /// pending) ends after this long, or after its linger time if that is longer.
 const FIRST_WINDOW_WAIT: Duration = Duration::from_secs(120);
-/// Slurm client commands get this long.
-const SLURM_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// A time limit moved by more than this since the last look is re-planned.
 const LIMIT_SLACK: Duration = Duration::from_secs(5);
 
 pub struct KeepOptions {
     /// Warn this long before the time limit, each once.
     pub warn_before: Vec<Duration>,
-    pub squeue: PathBuf,
-    pub scontrol: PathBuf,
+    pub slurm: Slurm,
 }
 
 struct Job {
@@ -114,7 +113,7 @@ pub async fn run(options: KeepOptions) -> i32 {
     let job = Rc::new(job);
     let code = local
         .run_until(async {
-            tokio::task::spawn_local(publish_attachment(job.id.clone(), options.scontrol.clone(), attachment));
+            tokio::task::spawn_local(publish_attachment(job.id.clone(), options.slurm.clone(), attachment));
             tokio::task::spawn_local(warn_before_limit(job.clone(), options, notices.clone()));
             let windows = Rc::new(Cell::new(0usize));
             let mut deadline = Some(Instant::now() + first_wait);
@@ -157,10 +156,6 @@ pub async fn run(options: KeepOptions) -> i32 {
         .await;
     let _ = std::fs::remove_file(&socket);
     code
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Only the user can reach the socket: the runtime directory is theirs and
@@ -261,12 +256,12 @@ fn spawn_shell(request: &SpawnRequest, fds: [std::os::fd::OwnedFd; 3]) -> io::Re
 
 /// Keeps the job's Comment saying how many windows are attached (see
 /// [`Attachment`]), for `vscode-shim sessions`.
-async fn publish_attachment(job_id: String, scontrol: PathBuf, mut attachment: watch::Receiver<Attachment>) {
+async fn publish_attachment(job_id: String, slurm: Slurm, mut attachment: watch::Receiver<Attachment>) {
     loop {
         let comment = attachment.borrow_and_update().encode();
         let args = ["update".to_owned(), format!("JobId={job_id}"), format!("Comment={comment}")];
-        if run_slurm(&scontrol, &args).await.is_none() {
-            tracing::info!("could not record the attached windows in the job's comment");
+        if let Err(e) = slurm.scontrol(&args).await {
+            tracing::info!("could not record the attached windows in the job's comment: {e}");
         }
         if attachment.changed().await.is_err() {
             return;
@@ -280,7 +275,7 @@ async fn warn_before_limit(job: Rc<Job>, options: KeepOptions, notices: broadcas
     let mut pending = options.warn_before.clone();
     pending.sort_unstable_by(|a, b| b.cmp(a));
     while !pending.is_empty() {
-        let Some(left) = time_left(&options.squeue, &job.id).await else {
+        let Some(left) = time_left(&options.slurm, &job.id).await else {
             tracing::info!("job {}: no time limit known; no warnings", job.id);
             return;
         };
@@ -288,7 +283,7 @@ async fn warn_before_limit(job: Rc<Job>, options: KeepOptions, notices: broadcas
         let Some(&next) = pending.first() else { return };
         let at = Instant::now() + left.saturating_sub(next);
         tokio::time::sleep_until(at).await;
-        let Some(now_left) = time_left(&options.squeue, &job.id).await else { return };
+        let Some(now_left) = time_left(&options.slurm, &job.id).await else { return };
         if now_left > next + LIMIT_SLACK {
             continue;
         }
@@ -331,36 +326,12 @@ pub fn parse_time_left(text: &str) -> Option<Duration> {
     Some(Duration::from_secs(days * 86_400 + secs))
 }
 
-async fn time_left(squeue: &Path, job_id: &str) -> Option<Duration> {
-    let out =
-        run_slurm(squeue, &["-h".into(), "-j".into(), job_id.to_owned(), "-o".into(), "%L".into()]).await?;
+/// `None` also when the controller cannot be asked: without a known
+/// limit there is nothing to warn about, and the job's end still reaches
+/// every window.
+async fn time_left(slurm: &Slurm, job_id: &str) -> Option<Duration> {
+    let out = slurm.squeue(&["-h", "-j", job_id, "-o", "%L"]).await.ok()?;
     parse_time_left(out.lines().next()?)
-}
-
-async fn run_slurm(program: &Path, args: &[String]) -> Option<String> {
-    let mut command = Command::new(program);
-    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    match timeout(SLURM_COMMAND_TIMEOUT, command.output()).await {
-        Ok(Ok(output)) if output.status.success() => {
-            Some(String::from_utf8_lossy(&output.stdout).into_owned())
-        }
-        Ok(Ok(output)) => {
-            tracing::info!(
-                "{} failed: {}",
-                program.display(),
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-            None
-        }
-        Ok(Err(e)) => {
-            tracing::info!("cannot run {}: {e}", program.display());
-            None
-        }
-        Err(_) => {
-            tracing::info!("{} did not answer within {SLURM_COMMAND_TIMEOUT:?}", program.display());
-            None
-        }
-    }
 }
 
 #[cfg(test)]

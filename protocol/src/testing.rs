@@ -1,0 +1,25 @@
+//! For the stream parsers' tests (here and in the helper): every way of
+//! cutting a stream must give the same result, as reads may end anywhere.
+
+/// `stream` cut at each of `cuts` (positions up to its length, any order).
+pub fn chunks(stream: &[u8], cuts: impl IntoIterator<Item = usize>) -> Vec<&[u8]> {
+    let mut points: Vec<usize> = cuts.into_iter().map(|cut| cut.min(stream.len())).collect();
+    points.sort_unstable();
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for point in points {
+        chunks.push(&stream[start..point]);
+        start = point;
+    }
+    chunks.push(&stream[start..]);
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cuts_in_any_order_give_ordered_chunks() {
+        assert_eq!(super::chunks(b"abcd", [3, 1, 9]), [&b"a"[..], b"bc", b"d", b""]);
+        assert_eq!(super::chunks(b"", []), [&b""[..]]);
+    }
+}
