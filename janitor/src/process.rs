@@ -9,7 +9,8 @@ use std::time::Duration;
 pub enum JobEnv {
     Outside,
     Inside,
-    /// The environment could not be read: treated as untouchable.
+    /// The environment could not be read, or not whole and no job variable was in
+    /// the part read: treated as untouchable.
     Unknown,
 }
 

@@ -1,53 +1,17 @@
-//! Reading /proc. Processes come and go while it is read: one that vanishes
-//! half-way is simply not in the table, and nothing here panics on what a
-//! process's files contain. The parsers are separate so they can be tested
-//! on text.
+//! Reading /proc into the janitor's table. The per-file parsers and the
+//! "in a job" rule are `vscode_slurm_procfs`'s, shared with the plugin's
+//! epilog; what is here is only what the janitor alone shows or needs
+//! (command lines, ages, sizes). Processes come and go while /proc is read:
+//! one that vanishes half-way is simply not in the table.
 
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
+use vscode_slurm_procfs::{pids, read_stat, read_uids, Environ};
+
 use crate::process::{JobEnv, Process, Table};
-
-/// The fields of /proc/PID/stat the janitor uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stat {
-    pub comm: String,
-    pub state: char,
-    pub ppid: i32,
-    pub utime: u64,
-    pub stime: u64,
-    pub start_ticks: u64,
-    pub rss_pages: u64,
-}
-
-/// The command name sits in parentheses and may itself contain spaces and
-/// parentheses, so the fields are counted from the last `)`.
-pub fn parse_stat(text: &str) -> Option<Stat> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let comm = text.get(open + 1..close)?.to_owned();
-    let fields: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
-    // fields[0] is field 3 of proc(5).
-    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
-    Some(Stat {
-        comm,
-        state: fields.first()?.chars().next()?,
-        ppid: fields.get(1)?.parse().ok()?,
-        utime: field(14)?,
-        stime: field(15)?,
-        start_ticks: field(22)?,
-        rss_pages: field(24)?,
-    })
-}
-
-/// Real and effective uid from /proc/PID/status.
-pub fn parse_uids(status: &str) -> Option<(u32, u32)> {
-    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
-    let mut ids = line.split_whitespace().map(|s| s.parse::<u32>().ok());
-    Some((ids.next()??, ids.next()??))
-}
 
 /// NUL-separated, with the padding that `setproctitle` leaves (sshd) dropped.
 pub fn parse_cmdline(raw: &[u8]) -> Vec<String> {
@@ -57,12 +21,6 @@ pub fn parse_cmdline(raw: &[u8]) -> Vec<String> {
         argv.pop();
     }
     argv
-}
-
-/// What Slurm puts in every job's processes, and what the spank plugin's
-/// epilog keys on: the one sign that a process belongs to a job.
-pub fn environ_in_job(raw: &[u8]) -> bool {
-    raw.split(|b| *b == 0).any(|var| var.starts_with(b"SLURM_JOB_ID="))
 }
 
 /// Constants of the running system the conversions need.
@@ -102,29 +60,31 @@ fn gone(e: &io::Error) -> bool {
 /// One process, or None when it went away while being read.
 pub fn read_process(pid: i32, clock: &Clock) -> Option<Process> {
     let dir = format!("/proc/{pid}");
-    let stat = parse_stat(&fs::read_to_string(format!("{dir}/stat")).ok()?)?;
-    let (uid, euid) = parse_uids(&fs::read_to_string(format!("{dir}/status")).ok()?)?;
+    let stat = read_stat(pid)?;
+    let uids = read_uids(pid)?;
     let argv = parse_cmdline(&fs::read(format!("{dir}/cmdline")).ok()?);
     let exe = fs::read_link(format!("{dir}/exe"))
         .ok()
         .map(|p| String::from_utf8_lossy(p.as_os_str().as_bytes()).into_owned());
-    let job = match fs::read(format!("{dir}/environ")) {
-        Ok(raw) if environ_in_job(&raw) => JobEnv::Inside,
+    let job = match Environ::read(pid) {
+        Ok(environ) if environ.in_some_job() => JobEnv::Inside,
+        // The job variable may be in the part past the read bound.
+        Ok(environ) if !environ.is_complete() => JobEnv::Unknown,
         // An empty environment is what a zombie or a kernel thread shows.
         Ok(_) => JobEnv::Outside,
         Err(e) if gone(&e) => return None,
         Err(_) => JobEnv::Unknown,
     };
     // Read last: if the pid was reused during the reads above, the start time changed.
-    let again = parse_stat(&fs::read_to_string(format!("{dir}/stat")).ok()?)?;
+    let again = read_stat(pid)?;
     if again.start_ticks != stat.start_ticks {
         return None;
     }
     Some(Process {
         pid,
         ppid: stat.ppid,
-        uid,
-        euid,
+        uid: uids.real,
+        euid: uids.effective,
         start_ticks: stat.start_ticks,
         age: clock.ticks(clock.uptime_ticks.saturating_sub(stat.start_ticks)),
         cpu: clock.ticks(stat.utime + stat.stime),
@@ -133,19 +93,8 @@ pub fn read_process(pid: i32, clock: &Clock) -> Option<Process> {
         argv,
         exe,
         job,
-        zombie: matches!(again.state, 'Z' | 'X'),
+        zombie: again.exited(),
     })
-}
-
-pub fn pids() -> io::Result<Vec<i32>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc")? {
-        let Ok(entry) = entry else { continue };
-        if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) {
-            out.push(pid);
-        }
-    }
-    Ok(out)
 }
 
 /// Every process of the node; an error only when /proc itself cannot be read.
@@ -155,40 +104,9 @@ pub fn scan() -> io::Result<Table> {
     Ok(Table::new(processes))
 }
 
-/// The stat of one process, None when it is gone.
-pub fn stat(pid: i32) -> Option<Stat> {
-    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    // Field 22 (start) is 4242, field 24 (rss) is 77, utime 5 and stime 6.
-    const STAT: &str =
-        "1234 (we ird) name)) S 1 1234 1234 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 1 0 4242 1000000 77 18446744073709551615";
-
-    #[test]
-    fn stat_fields_are_counted_from_the_last_paren() {
-        let stat = parse_stat(STAT).expect("parses");
-        assert_eq!(stat.comm, "we ird) name)");
-        assert_eq!(stat.state, 'S');
-        assert_eq!(stat.ppid, 1);
-        assert_eq!((stat.utime, stat.stime), (5, 6));
-        assert_eq!(stat.start_ticks, 4242);
-        assert_eq!(stat.rss_pages, 77);
-        assert_eq!(parse_stat("1234 (cut"), None);
-        assert_eq!(parse_stat("1234 (x) S 1"), None);
-        assert_eq!(parse_stat(""), None);
-    }
-
-    #[test]
-    fn uids_come_from_the_status_line() {
-        let status = "Name:\tsudo\nUid:\t2001\t0\t0\t0\nGid:\t2001\t2001\t2001\t2001\n";
-        assert_eq!(parse_uids(status), Some((2001, 0)));
-        assert_eq!(parse_uids("Name:\tx\n"), None);
-        assert_eq!(parse_uids("Uid:\tabc\n"), None);
-    }
 
     #[test]
     fn cmdline_drops_title_padding() {
@@ -199,14 +117,6 @@ mod tests {
     }
 
     #[test]
-    fn job_id_is_found_only_as_a_whole_variable() {
-        assert!(environ_in_job(b"HOME=/home/a\0SLURM_JOB_ID=42\0"));
-        assert!(environ_in_job(b"SLURM_JOB_ID=\0"));
-        assert!(!environ_in_job(b"HOME=/home/a\0OLD_SLURM_JOB_ID=42\0X=SLURM_JOB_ID=1\0"));
-        assert!(!environ_in_job(b""));
-    }
-
-    #[test]
     fn this_process_reads_back() {
         let clock = Clock::now().expect("clock");
         let me = read_process(std::process::id() as i32, &clock).expect("self");
@@ -214,5 +124,22 @@ mod tests {
         assert!(!me.argv.is_empty());
         assert!(me.exe.is_some());
         assert_eq!(read_process(-5, &clock).map(|p| p.pid), None);
+    }
+
+    #[test]
+    fn either_job_variable_keeps_a_process_inside() {
+        let clock = Clock::now().expect("clock");
+        for var in ["SLURM_JOB_ID", "SLURM_JOBID"] {
+            let mut child = std::process::Command::new("sleep")
+                .arg("30")
+                .env_clear()
+                .env(var, "9")
+                .spawn()
+                .expect("sleep");
+            let p = read_process(child.id() as i32, &clock).expect("child");
+            assert_eq!(p.job, JobEnv::Inside, "{var}");
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
     }
 }

@@ -8,18 +8,21 @@
 //! frozen and swept again, then killed.
 //!
 //! Pids are reused, and a scan may be seconds old by the time a signal goes
-//! out: each process is held by a pidfd opened while its start time still
-//! matched the scan, so a signal can only ever reach that process.
+//! out: each process is pinned (`vscode_slurm_procfs::Pinned`) while its
+//! start time still matches the scan, so a signal can only ever reach that
+//! process.
 
 use std::collections::HashSet;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::thread;
 use std::time::{Duration, Instant};
+
+use vscode_slurm_procfs::{pids, read_stat, wait_all_exited, Pinned};
 
 use crate::judge::Member;
 use crate::process::JobEnv;
 use crate::procfs;
 
+/// Forks announce nothing, so while processes ignore SIGTERM the tree is
+/// swept for new children at this interval.
 const POLL: Duration = Duration::from_millis(50);
 /// SIGKILL cannot be refused, but a process in uninterruptible sleep (a hung
 /// NFS home) takes its time; past this it is reported as a survivor.
@@ -45,134 +48,77 @@ impl Reaped {
     }
 }
 
-struct Handle {
-    pid: i32,
-    start_ticks: u64,
-    /// None on kernels before 5.3; signals then go by pid after re-checking the start time.
-    pidfd: Option<OwnedFd>,
+/// None when the process is gone or the pid now belongs to another process.
+fn pin(member: Member) -> Option<Pinned> {
+    // The pin holds whatever process has the pid now: make sure it is the scanned one.
+    Pinned::open(member.pid).filter(|p| p.start_ticks() == member.start_ticks && p.is_alive())
 }
 
-impl Handle {
-    /// None when the process is gone or the pid now belongs to another process.
-    fn open(member: Member) -> Option<Handle> {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, member.pid, 0) };
-        let pidfd = if fd >= 0 {
-            // SAFETY: the kernel just returned this fd to us and nothing else owns it.
-            Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-        } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-            return None;
-        } else {
-            None
-        };
-        // The fd pins whatever process has the pid now: make sure it is the scanned one.
-        let handle = Handle { pid: member.pid, start_ticks: member.start_ticks, pidfd };
-        handle.alive().then_some(handle)
-    }
-
-    fn alive(&self) -> bool {
-        procfs::stat(self.pid)
-            .is_some_and(|s| s.start_ticks == self.start_ticks && !matches!(s.state, 'Z' | 'X'))
-    }
-
-    fn signal(&self, signal: i32) {
-        match &self.pidfd {
-            Some(fd) => {
-                // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
-                unsafe {
-                    libc::syscall(
-                        libc::SYS_pidfd_send_signal,
-                        fd.as_raw_fd(),
-                        signal,
-                        std::ptr::null::<libc::siginfo_t>(),
-                        0,
-                    )
-                };
-            }
-            None => {
-                if self.alive() {
-                    // SAFETY: kill has no memory preconditions.
-                    unsafe { libc::kill(self.pid, signal) };
-                }
-            }
-        }
+/// Delivery is not checked: a process that is gone has nothing left to end,
+/// and whether it is gone is looked at afterwards.
+fn signal_all(handles: &[Pinned], signal: i32) {
+    for h in handles {
+        let _ = h.signal(signal);
     }
 }
 
 /// Ends `members` (the owner's processes of one tree) and any child they
 /// fork while being ended; SIGKILL for what is left after `grace`.
 pub fn end_tree(members: &[Member], owner_uid: u32, grace: Duration) -> Reaped {
-    let mut handles: Vec<Handle> = members.iter().filter_map(|m| Handle::open(*m)).collect();
+    let mut handles: Vec<Pinned> = members.iter().filter_map(|m| pin(*m)).collect();
     let mut reaped = Reaped { already_gone: members.len() - handles.len(), ..Reaped::default() };
 
-    for h in &handles {
-        h.signal(libc::SIGSTOP);
-    }
+    signal_all(&handles, libc::SIGSTOP);
     sweep_children(&mut handles, owner_uid, libc::SIGSTOP);
-    for h in &handles {
-        h.signal(libc::SIGTERM);
-    }
-    for h in &handles {
-        h.signal(libc::SIGCONT);
-    }
+    signal_all(&handles, libc::SIGTERM);
+    signal_all(&handles, libc::SIGCONT);
 
-    let mut signalled: HashSet<i32> = handles.iter().map(|h| h.pid).collect();
-    let deadline = Instant::now() + grace;
+    let mut signalled: HashSet<i32> = handles.iter().map(Pinned::pid).collect();
+    let started = Instant::now();
     loop {
         // A process that ignores SIGTERM may still fork; its children get it too.
         sweep_children(&mut handles, owner_uid, libc::SIGTERM);
-        signalled.extend(handles.iter().map(|h| h.pid));
-        handles.retain(Handle::alive);
-        let now = Instant::now();
-        if handles.is_empty() || now >= deadline {
+        signalled.extend(handles.iter().map(Pinned::pid));
+        handles.retain(Pinned::is_alive);
+        let left = grace.saturating_sub(started.elapsed());
+        if handles.is_empty() || left.is_zero() {
             break;
         }
-        thread::sleep(POLL.min(deadline - now));
+        wait_all_exited(&handles, POLL.min(left));
     }
 
     if !handles.is_empty() {
-        for h in &handles {
-            h.signal(libc::SIGSTOP);
-        }
+        signal_all(&handles, libc::SIGSTOP);
         sweep_children(&mut handles, owner_uid, libc::SIGSTOP);
-        signalled.extend(handles.iter().map(|h| h.pid));
+        signalled.extend(handles.iter().map(Pinned::pid));
         reaped.needed_sigkill = handles.len();
-        for h in &handles {
-            h.signal(libc::SIGKILL);
-        }
-        let deadline = Instant::now() + KILL_WAIT;
-        loop {
-            handles.retain(Handle::alive);
-            let now = Instant::now();
-            if handles.is_empty() || now >= deadline {
-                break;
-            }
-            thread::sleep(POLL.min(deadline - now));
-        }
+        signal_all(&handles, libc::SIGKILL);
+        wait_all_exited(&handles, KILL_WAIT);
+        handles.retain(Pinned::is_alive);
     }
     reaped.signalled = signalled.len();
-    reaped.survivors = handles.iter().map(|h| h.pid).collect();
+    reaped.survivors = handles.iter().map(Pinned::pid).collect();
     reaped
 }
 
 /// Adds the owner's children of living handles that are not handled yet,
 /// sending each `signal`, until a round finds none.
-fn sweep_children(handles: &mut Vec<Handle>, owner_uid: u32, signal: i32) {
+fn sweep_children(handles: &mut Vec<Pinned>, owner_uid: u32, signal: i32) {
     for _ in 0..SWEEP_ROUNDS {
-        let parents: HashSet<i32> = handles.iter().filter(|h| h.alive()).map(|h| h.pid).collect();
-        let known: HashSet<i32> = handles.iter().map(|h| h.pid).collect();
-        let (Ok(pids), Ok(clock)) = (procfs::pids(), procfs::Clock::now()) else { return };
+        let parents: HashSet<i32> = handles.iter().filter(|h| h.is_alive()).map(Pinned::pid).collect();
+        let known: HashSet<i32> = handles.iter().map(Pinned::pid).collect();
+        let (Ok(all), Ok(clock)) = (pids(), procfs::Clock::now()) else { return };
         let mut found = false;
-        for pid in pids.into_iter().filter(|p| !known.contains(p)) {
-            if !procfs::stat(pid).is_some_and(|s| parents.contains(&s.ppid)) {
+        for pid in all.into_iter().filter(|p| !known.contains(p)) {
+            if !read_stat(pid).is_some_and(|s| parents.contains(&s.ppid)) {
                 continue;
             }
             let Some(p) = procfs::read_process(pid, &clock) else { continue };
             if p.uid != owner_uid || p.euid != owner_uid || p.job != JobEnv::Outside || p.zombie {
                 continue;
             }
-            if let Some(h) = Handle::open(Member { pid, start_ticks: p.start_ticks }) {
-                h.signal(signal);
+            if let Some(h) = pin(Member { pid, start_ticks: p.start_ticks }) {
+                let _ = h.signal(signal);
                 handles.push(h);
                 found = true;
             }
@@ -189,7 +135,7 @@ mod tests {
     use std::process::{Child, Command};
 
     fn member(pid: i32) -> Member {
-        let stat = procfs::stat(pid).expect("process exists");
+        let stat = read_stat(pid).expect("process exists");
         Member { pid, start_ticks: stat.start_ticks }
     }
 
@@ -198,11 +144,7 @@ mod tests {
     }
 
     fn children_of(pid: i32) -> Vec<i32> {
-        procfs::pids()
-            .unwrap()
-            .into_iter()
-            .filter(|p| procfs::stat(*p).is_some_and(|s| s.ppid == pid))
-            .collect()
+        pids().unwrap().into_iter().filter(|p| read_stat(*p).is_some_and(|s| s.ppid == pid)).collect()
     }
 
     fn start(script: &str) -> Child {
@@ -218,12 +160,13 @@ mod tests {
                 return found;
             }
             assert!(Instant::now() < deadline, "children of {pid} did not start");
-            thread::sleep(Duration::from_millis(20));
+            // allow-sleep: a fork announces nothing outside the forking shell; look again.
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     fn gone(pid: i32) -> bool {
-        procfs::stat(pid).is_none_or(|s| s.state == 'Z')
+        read_stat(pid).is_none_or(|s| s.state == 'Z')
     }
 
     #[test]

@@ -1,1 +1,27 @@
-//! Root-side `/proc` reading and pidfd signalling (work in progress).
+//! Root-side `/proc` reading and pidfd signalling, shared by the SPANK
+//! plugin's epilog and the janitor so that both answer "which process is
+//! this, is it in a job, may it still be signalled" by the same rules.
+//!
+//! Both run as root over files that other users control (command names,
+//! environments), so every read here has a byte bound, every parser takes
+//! whatever bytes it is given without panicking, and a process that
+//! vanishes half-way is simply not there (`None`), never an error to act on.
+
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
+
+mod environ;
+mod pidfd;
+mod pids;
+mod read;
+mod stat;
+mod status;
+
+pub use environ::{environ_in_some_job, environ_names_job, Environ};
+pub use pidfd::{wait_all_exited, Pinned};
+pub use pids::pids;
+pub use stat::{parse_stat, read_stat, Stat};
+pub use status::{parse_uids, read_uids, Uids};

@@ -12,17 +12,16 @@
 //! drains the node, so problems are logged and the callback still succeeds.
 
 use std::collections::BTreeSet;
-use std::fs;
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use slurm_spank::{spank_log, LogLevel, SpankHandle};
+use vscode_slurm_procfs::{environ_names_job, pids, read_uids, wait_all_exited, Environ, Pinned};
 
 use crate::config::Config;
 use crate::remote;
 
-/// How often the epilog looks again while waiting for processes to exit.
+/// New children announce nothing, so while waiting for processes to exit
+/// the epilog scans /proc again at this interval.
 const POLL: Duration = Duration::from_millis(100);
 /// SIGKILL rounds: each catches what was forked since the previous scan.
 const KILL_ROUNDS: usize = 10;
@@ -38,35 +37,10 @@ pub struct Job {
 }
 
 /// Whether a process belongs to `job`: the job's user (never root), and
-/// `SLURM_JOB_ID=<id>` or `SLURM_JOBID=<id>` as a whole entry of its initial
-/// environment. `own_pid` is the epilog itself.
+/// its initial environment naming the job (`vscode_slurm_procfs`'s rule,
+/// shared with the janitor). `own_pid` is the epilog itself.
 pub fn is_job_process(pid: i32, own_pid: i32, real_uid: u32, environ: &[u8], job: &Job) -> bool {
     pid > 0 && pid != own_pid && real_uid != 0 && real_uid == job.uid && environ_names_job(environ, job.id)
-}
-
-/// `environ` is /proc/PID/environ: NUL-separated `NAME=value` entries.
-pub fn environ_names_job(environ: &[u8], job_id: u32) -> bool {
-    let job_id_entry = format!("SLURM_JOB_ID={job_id}");
-    let jobid_entry = format!("SLURM_JOBID={job_id}");
-    environ
-        .split(|&b| b == 0)
-        .any(|entry| entry == job_id_entry.as_bytes() || entry == jobid_entry.as_bytes())
-}
-
-/// The real uid from /proc/PID/status (`Uid:\treal\teffective\tsaved\tfs`).
-pub fn parse_real_uid(status: &[u8]) -> Option<u32> {
-    let text = std::str::from_utf8(status).ok()?;
-    let line = text.lines().find(|line| line.starts_with("Uid:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Field 22 (start time in clock ticks) of /proc/PID/stat. The command name
-/// (field 2) may contain spaces and ')', so fields are counted from the last ')'.
-pub fn parse_start_time(stat: &[u8]) -> Option<u64> {
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
-    // After ')' come fields 3 (state) onwards; field 22 is the 20th of them.
-    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Runs the epilog work; never fails (see the module comment).
@@ -178,21 +152,22 @@ impl Outcome {
 fn sweep(job: &Job, grace: Duration) -> Outcome {
     let own_pid = i32::try_from(std::process::id()).unwrap_or(0);
     let mut outcome = Outcome::default();
-    let deadline = Instant::now() + grace;
+    let started = Instant::now();
     loop {
         let targets = scan(job, own_pid, &mut outcome.scan_errors);
         if targets.is_empty() {
             return outcome;
         }
         for target in &targets {
-            if !outcome.termed.contains(&target.pid) && target.signal(libc::SIGTERM) {
-                outcome.termed.insert(target.pid);
+            if !outcome.termed.contains(&target.pid()) && target.signal(libc::SIGTERM).is_ok() {
+                outcome.termed.insert(target.pid());
             }
         }
-        if Instant::now() >= deadline {
+        let left = grace.saturating_sub(started.elapsed());
+        if left.is_zero() {
             break;
         }
-        std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+        wait_all_exited(&targets, POLL.min(left));
     }
     for _ in 0..KILL_ROUNDS {
         let targets = scan(job, own_pid, &mut outcome.scan_errors);
@@ -200,105 +175,41 @@ fn sweep(job: &Job, grace: Duration) -> Outcome {
             return outcome;
         }
         for target in &targets {
-            if target.signal(libc::SIGKILL) {
-                outcome.killed.insert(target.pid);
+            if target.signal(libc::SIGKILL).is_ok() {
+                outcome.killed.insert(target.pid());
             }
         }
-        std::thread::sleep(POLL);
+        wait_all_exited(&targets, POLL);
     }
-    outcome.survivors = scan(job, own_pid, &mut outcome.scan_errors).iter().map(|t| t.pid).collect();
+    outcome.survivors = scan(job, own_pid, &mut outcome.scan_errors).iter().map(Pinned::pid).collect();
     outcome
 }
 
-/// A process found by a scan, pinned so that a signal can only reach the
+/// Every live process of `job`, pinned so that a signal can only reach the
 /// process that was checked, not a later one that got the same pid.
-struct Target {
-    pid: i32,
-    pin: Pin,
-}
-
-enum Pin {
-    /// Signals through the pidfd reach only this process.
-    Pidfd(OwnedFd),
-    /// Kernels without pidfd: the start time is compared again right before
-    /// signalling (a small window remains).
-    StartTime(u64),
-}
-
-impl Target {
-    /// Pins `pid`, then reads its uid and environment: whatever is read after
-    /// pinning either describes the pinned process or a successor, and a
-    /// signal to a successor through the pin fails with ESRCH.
-    fn check(pid: i32, own_pid: i32, job: &Job) -> Option<Target> {
-        let pin = match pidfd_open(pid) {
-            Ok(fd) => Pin::Pidfd(fd),
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return None,
-            Err(_) => Pin::StartTime(start_time(pid)?),
-        };
-        let uid = parse_real_uid(&fs::read(format!("/proc/{pid}/status")).ok()?)?;
-        // Cheap test first: most processes on a node are someone else's.
-        if uid != job.uid {
-            return None;
-        }
-        let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
-        is_job_process(pid, own_pid, uid, &environ, job).then_some(Target { pid, pin })
-    }
-
-    /// Whether the signal was delivered (false: the process is gone).
-    fn signal(&self, signal: libc::c_int) -> bool {
-        match &self.pin {
-            Pin::Pidfd(fd) => pidfd_send_signal(fd, signal).is_ok(),
-            Pin::StartTime(started) => {
-                if start_time(self.pid) != Some(*started) {
-                    return false;
-                }
-                // SAFETY: kill has no memory-safety preconditions.
-                unsafe { libc::kill(self.pid, signal) == 0 }
-            }
-        }
-    }
-}
-
-/// Every live process of `job`. Unreadable entries are skipped: processes
-/// come and go while /proc is read.
-fn scan(job: &Job, own_pid: i32, errors: &mut BTreeSet<String>) -> Vec<Target> {
-    let entries = match fs::read_dir("/proc") {
-        Ok(entries) => entries,
+/// Unreadable entries are skipped: processes come and go while /proc is read.
+fn scan(job: &Job, own_pid: i32, errors: &mut BTreeSet<String>) -> Vec<Pinned> {
+    match pids() {
+        Ok(pids) => pids.into_iter().filter_map(|pid| check(pid, own_pid, job)).collect(),
         Err(e) => {
             errors.insert(format!("vscode: job {}: cannot list /proc: {e}", job.id));
-            return Vec::new();
+            Vec::new()
         }
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| Target::check(pid, own_pid, job))
-        .collect()
-}
-
-fn start_time(pid: i32) -> Option<u64> {
-    parse_start_time(&fs::read(format!("/proc/{pid}/stat")).ok()?)
-}
-
-fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
     }
-    let fd = i32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
-    // SAFETY: the kernel just returned this fd and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn pidfd_send_signal(fd: &OwnedFd, signal: libc::c_int) -> io::Result<()> {
-    let info: *const libc::siginfo_t = std::ptr::null();
-    // SAFETY: a valid pidfd, a signal number, a null siginfo and no flags.
-    let rc = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signal, info, 0) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+/// Pins `pid` first, then reads its uid and environment: whatever is read
+/// after pinning either describes the pinned process or a successor, and a
+/// signal to a successor through the pin fails.
+fn check(pid: i32, own_pid: i32, job: &Job) -> Option<Pinned> {
+    let pinned = Pinned::open(pid)?;
+    let uid = read_uids(pid)?.real;
+    // Cheap test first: most processes on a node are someone else's.
+    if uid != job.uid {
+        return None;
     }
+    let environ = Environ::read(pid).ok()?;
+    is_job_process(pid, own_pid, uid, environ.as_bytes(), job).then_some(pinned)
 }
 
 fn count(n: usize) -> String {
@@ -335,113 +246,69 @@ mod tests {
 
     const JOB: Job = Job { id: 42, uid: 2001 };
 
-    fn env(entries: &[&str]) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        for entry in entries {
-            bytes.extend_from_slice(entry.as_bytes());
-            bytes.push(0);
-        }
-        bytes
-    }
-
     #[test]
     fn matches_the_jobs_processes() {
-        let environ = env(&["HOME=/home/u", "SLURM_JOB_ID=42", "PATH=/bin"]);
-        assert!(is_job_process(123, 1, 2001, &environ, &JOB));
-        assert!(is_job_process(123, 1, 2001, &env(&["SLURM_JOBID=42"]), &JOB));
-        // Last entry without the trailing NUL, as a truncated read would give.
-        assert!(is_job_process(123, 1, 2001, b"A=1\0SLURM_JOB_ID=42", &JOB));
-        assert!(is_job_process(123, 1, 2001, b"SLURM_JOB_ID=42", &JOB));
+        let environ = b"HOME=/home/u\0SLURM_JOB_ID=42\0PATH=/bin\0";
+        assert!(is_job_process(123, 1, 2001, environ, &JOB));
+        assert!(is_job_process(123, 1, 2001, b"SLURM_JOBID=42\0", &JOB));
+        // The rest of the environment rule is `vscode_slurm_procfs`'s and tested there.
+        assert!(!is_job_process(123, 1, 2001, environ, &Job { id: 4, uid: 2001 }));
     }
 
     #[test]
     fn other_uid_with_the_same_job_id_is_not_matched() {
-        let environ = env(&["SLURM_JOB_ID=42"]);
-        assert!(!is_job_process(123, 1, 2002, &environ, &JOB));
+        let environ = b"SLURM_JOB_ID=42\0";
+        assert!(!is_job_process(123, 1, 2002, environ, &JOB));
     }
 
     #[test]
     fn root_is_never_matched() {
-        let environ = env(&["SLURM_JOB_ID=42"]);
-        assert!(!is_job_process(123, 1, 0, &environ, &JOB));
+        let environ = b"SLURM_JOB_ID=42\0";
+        assert!(!is_job_process(123, 1, 0, environ, &JOB));
         let root_job = Job { id: 42, uid: 0 };
-        assert!(!is_job_process(123, 1, 0, &environ, &root_job));
+        assert!(!is_job_process(123, 1, 0, environ, &root_job));
     }
 
     #[test]
     fn the_epilog_itself_is_never_matched() {
-        let environ = env(&["SLURM_JOB_ID=42"]);
-        assert!(!is_job_process(77, 77, 2001, &environ, &JOB));
-        assert!(!is_job_process(0, 77, 2001, &environ, &JOB));
-        assert!(!is_job_process(-1, 77, 2001, &environ, &JOB));
-    }
-
-    #[test]
-    fn job_id_must_match_exactly() {
-        let environ = env(&["SLURM_JOB_ID=42"]);
-        assert!(!is_job_process(123, 1, 2001, &environ, &Job { id: 4, uid: 2001 }));
-        assert!(!is_job_process(123, 1, 2001, &environ, &Job { id: 421, uid: 2001 }));
-        for other in
-            ["SLURM_JOB_ID=421", "SLURM_JOB_ID=4", "SLURM_JOB_ID=042", "SLURM_JOB_ID=42 ", "SLURM_JOB_ID="]
-        {
-            assert!(!is_job_process(123, 1, 2001, &env(&[other]), &JOB), "{other}");
-        }
-    }
-
-    #[test]
-    fn job_id_inside_another_variable_is_not_matched() {
-        for hidden in [
-            "X=SLURM_JOB_ID=42",
-            "XSLURM_JOB_ID=42",
-            "SLURM_JOB_ID_X=42",
-            "slurm_job_id=42",
-            "SLURM_JOBID_=42",
-        ] {
-            assert!(!is_job_process(123, 1, 2001, &env(&[hidden]), &JOB), "{hidden}");
-        }
-        assert!(!is_job_process(123, 1, 2001, b"", &JOB));
-        assert!(!is_job_process(123, 1, 2001, b"\0\0", &JOB));
-    }
-
-    #[test]
-    fn parses_real_uid_from_status() {
-        let status = b"Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nUid:\t2001\t0\t0\t0\nGid:\t100\t100\t100\t100\n";
-        assert_eq!(parse_real_uid(status), Some(2001));
-        assert_eq!(parse_real_uid(b"Name:\tx\n"), None);
-        assert_eq!(parse_real_uid(b"Uid:\tabc\n"), None);
-    }
-
-    #[test]
-    fn parses_start_time_despite_odd_command_names() {
-        let stat = b"4242 (a b) c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(parse_start_time(stat), Some(987654));
-        assert_eq!(parse_start_time(b"1 (x) S 0"), None);
-        assert_eq!(parse_start_time(b"garbage"), None);
-    }
-
-    #[test]
-    fn own_process_start_time_is_readable() {
-        let pid = i32::try_from(std::process::id()).unwrap();
-        assert!(start_time(pid).is_some());
+        let environ = b"SLURM_JOB_ID=42\0";
+        assert!(!is_job_process(77, 77, 2001, environ, &JOB));
+        assert!(!is_job_process(0, 77, 2001, environ, &JOB));
+        assert!(!is_job_process(-1, 77, 2001, environ, &JOB));
     }
 
     /// Starts `sleep` as an unprivileged uid inside a made-up job, the way a
-    /// leftover server would look. Needs root; skipped otherwise.
+    /// leftover server would look, and returns once its shell has set up its
+    /// trap (it says so on stdout). Needs root; skipped otherwise.
     fn leftover(job: &Job, ignore_term: bool, job_var: &str) -> Option<std::process::Child> {
+        use std::io::BufRead;
         use std::os::unix::process::CommandExt;
         if !nix::unistd::geteuid().is_root() {
             eprintln!("skipping: needs root");
             return None;
         }
-        let script = if ignore_term { "trap '' TERM; exec sleep 30" } else { "exec sleep 30" };
-        let child = std::process::Command::new("/bin/sh")
+        let script =
+            if ignore_term { "trap '' TERM; echo ready; exec sleep 30" } else { "echo ready; exec sleep 30" };
+        let mut child = std::process::Command::new("/bin/sh")
             .args(["-c", script])
             .env_clear()
             .env(job_var, job.id.to_string())
             .uid(job.uid)
             .gid(job.uid)
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = ready_tx.send(line);
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => assert_eq!(line, "ready\n", "the leftover's shell ({script}) said something else"),
+            Err(_) => panic!("the leftover's shell ({script}) did not say it was ready within 10 s"),
+        }
         Some(child)
     }
 
@@ -454,7 +321,6 @@ mod tests {
         let Some(mut stubborn) = leftover(&job, true, "SLURM_JOBID") else { return };
         let other_job = Job { id: job.id + 1, ..job };
         let Some(mut bystander) = leftover(&other_job, false, "SLURM_JOB_ID") else { return };
-        std::thread::sleep(Duration::from_millis(300)); // let the shells exec and set up traps
 
         let outcome = sweep(&job, Duration::from_secs(1));
         let (polite_pid, stubborn_pid) = (polite.id() as i32, stubborn.id() as i32);
