@@ -31,7 +31,7 @@ pub fn write_banner(job_id: &str, uid: u32, text: &str) -> usize {
 
 /// The terminal devices on the standard streams of the job's processes.
 pub fn job_terminals(proc: &Path, job_id: &str, uid: u32, except_pid: u32) -> BTreeSet<PathBuf> {
-    let want = format!("SLURM_JOB_ID={job_id}");
+    let Ok(job_id) = job_id.parse::<u32>() else { return BTreeSet::new() };
     let Ok(entries) = fs::read_dir(proc) else { return BTreeSet::new() };
     let mut found = BTreeSet::new();
     for entry in entries.flatten() {
@@ -41,7 +41,8 @@ pub fn job_terminals(proc: &Path, job_id: &str, uid: u32, except_pid: u32) -> BT
             continue;
         }
         let Ok(environ) = fs::read(entry.path().join("environ")) else { continue };
-        if !environ.split(|&b| b == 0).any(|var| var == want.as_bytes()) {
+        // The same rule as the epilog's: one definition of "in this job".
+        if !vscode_slurm_procfs::environ_names_job(&environ, job_id) {
             continue;
         }
         for fd in 0..3 {
