@@ -203,17 +203,9 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn scratch(name: &str, mode: u32) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("own-socket-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
-        dir
-    }
-
     #[test]
     fn a_served_socket_is_closed_to_others_and_links_are_refused() {
-        let dir = scratch("ok", 0o755);
+        let dir = crate::scratch::dir("ok", 0o755);
         let path = dir.join("s.sock");
         let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -233,7 +225,7 @@ mod tests {
 
     #[test]
     fn a_socket_in_a_directory_others_may_change_is_refused() {
-        let dir = scratch("open", 0o777);
+        let dir = crate::scratch::dir("open", 0o777);
         let path = dir.join("s.sock");
         let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let why = own_socket(&path).unwrap_err();

@@ -337,20 +337,22 @@ mod tests {
     fn huge_line_without_newline_keeps_the_buffer_small() {
         // One 64 MiB line that starts like a marker and never ends, with NUL,
         // invalid UTF-8 and marker pieces inside but no terminator.
-        let mut stream = b"listeningOn==7777".to_vec();
         let unit = [b"\0\xff\xfe\xc3(=listeningOn=x".as_slice(), &[b'7'; 991]].concat();
-        while stream.len() < 64 << 20 {
-            stream.extend_from_slice(&unit);
-        }
-        stream.truncate(64 << 20);
+        let stream = vscode_slurm_protocol::testing::endless_line(b"listeningOn==7777", &unit);
         let mut scanner = ListeningScanner::new();
         let mut passed = 0;
         for chunk in stream.chunks(64 << 10) {
-            for piece in scanner.feed(chunk) {
-                let Piece::Data(data) = piece else { panic!("not an endpoint: {piece:?}") };
-                assert_eq!(data, stream[passed..passed + data.len()]);
-                passed += data.len();
-            }
+            let out: Vec<Vec<u8>> = scanner
+                .feed(chunk)
+                .into_iter()
+                .map(|piece| match piece {
+                    Piece::Data(data) => data,
+                    other => panic!("not an endpoint: {other:?}"),
+                })
+                .collect();
+            let out = out.concat();
+            assert_eq!(out, stream[passed..passed + out.len()]);
+            passed += out.len();
             assert!(scanner.held_len() < MARKER.len() + MAX_VALUE + TERMINATOR.len());
         }
         assert_eq!(passed, stream.len(), "everything passed before the stream ended");

@@ -8,6 +8,8 @@
 mod announcer;
 mod cli;
 mod keeper;
+#[cfg(test)]
+mod scratch;
 mod session;
 mod shell;
 mod window;

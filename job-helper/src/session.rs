@@ -104,21 +104,12 @@ fn required(name: &str, why_missing: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    fn scratch(name: &str, mode: u32) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("private-dir-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
-        dir
-    }
 
     #[test]
     fn only_a_private_directory_of_ours_holds_sockets() {
-        let private = scratch("private", 0o700);
+        let private = crate::scratch::dir("private", 0o700);
         assert!(private_dir(&private));
-        let shared = scratch("shared", 0o755);
+        let shared = crate::scratch::dir("shared", 0o755);
         assert!(!private_dir(&shared));
         assert!(!private_dir(Path::new("/tmp")));
         std::fs::remove_dir_all(&private).unwrap();

@@ -183,15 +183,11 @@ async fn pump_stdin(
 ) {
     let mut to = Some(to);
     let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!("reading our stdin: {e}");
-                break;
-            }
-        };
+    // A read error is the end of VS Code's input like EOF is.
+    while let Ok(n) = from.read(&mut buf).await.inspect_err(|e| tracing::debug!("reading our stdin: {e}")) {
+        if n == 0 {
+            break;
+        }
         let bytes = rewriter.feed(&buf[..n]);
         publish(&conversions, &rewriter);
         forward(&mut to, &bytes).await;

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use vscode_slurm_protocol::slurm;
+use vscode_slurm_protocol::{env, slurm};
 
 /// Checks on the login node that VS Code sessions in jobs can work, and prints fixes.
 ///
@@ -178,8 +178,9 @@ fn helper_in_job(args: &DoctorArgs) -> Check {
     let name = "helper in a job".to_owned();
     let helper = args.helper.display().to_string().replace('\'', "");
     let script = format!(
-        "echo \"vscode-doctor bind=${{VSCODE_SLURM_BIND_ADDR:-}} node=$(hostname)\"; \
-         '{helper}' --version >/dev/null 2>&1 && echo vscode-doctor helper=ok"
+        "echo \"vscode-doctor bind=${{{bind}:-}} node=$(hostname)\"; \
+         '{helper}' --version >/dev/null 2>&1 && echo vscode-doctor helper=ok",
+        bind = env::BIND_ADDR
     );
     let mut command = Command::new(&args.salloc);
     command
@@ -251,7 +252,7 @@ fn helper_in_job(args: &DoctorArgs) -> Check {
                 .to_owned(),
         )),
         (Some(node), Some(bind), _) if bind.is_empty() => Err((
-            format!("the job on {node} has no VSCODE_SLURM_BIND_ADDR"),
+            format!("the job on {node} has no {}", env::BIND_ADDR),
             format!("the plugin must be loaded on the compute nodes too (plugstack.conf on {node})"),
         )),
         (Some(node), _, None) => Err((
@@ -260,7 +261,7 @@ fn helper_in_job(args: &DoctorArgs) -> Check {
         )),
         (Some(node), Some(bind), Some(_)) => Ok(format!("ran on {node}, bind address {bind}")),
         (Some(node), None, Some(_)) => Err((
-            format!("the job on {node} has no VSCODE_SLURM_BIND_ADDR"),
+            format!("the job on {node} has no {}", env::BIND_ADDR),
             "the plugin must be loaded on the compute nodes too".to_owned(),
         )),
     };

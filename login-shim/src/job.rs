@@ -314,6 +314,19 @@ pub async fn query_end(slurm: &Slurm, id: u32) -> Option<JobEnd> {
     }
 }
 
+/// Slurm's end states a user meets: what each means, and what to ask for
+/// next time if asking can help.
+const END_CAUSES: [(&str, &str, Option<&str>); 8] = [
+    ("TIMEOUT", "the job reached its time limit", Some("more time with --time")),
+    ("CANCELLED", "cancelled by scancel or an admin", None),
+    ("NODE_FAIL", "the node failed", None),
+    ("FAILED", "the helper or script failed — see the lines above", None),
+    ("OUT_OF_MEMORY", "the job ran out of memory", Some("more memory with --mem")),
+    ("PREEMPTED", "a higher-priority job preempted it", None),
+    ("DEADLINE", "the job reached its deadline", None),
+    ("BOOT_FAIL", "the node failed to boot", None),
+];
+
 /// The one line the user sees when the session ends without VS Code asking.
 pub fn explain_end(status: &JobStatus, end: Option<&JobEnd>, child: ExitStatus) -> String {
     let describe_exit = |exit| describe_exit(exit, status.window);
@@ -339,24 +352,14 @@ pub fn explain_end(status: &JobStatus, end: Option<&JobEnd>, child: ExitStatus) 
         },
     };
     let again = "reconnect to start a new session";
-    let (why, advice) = match state {
-        "TIMEOUT" => (
-            "the job reached its time limit",
-            format!("{again}, or ask for more time with --time in RemoteCommand"),
-        ),
-        "CANCELLED" => ("cancelled by scancel or an admin", again.to_owned()),
-        "NODE_FAIL" => ("the node failed", again.to_owned()),
-        "FAILED" => ("the helper or script failed — see the lines above", again.to_owned()),
-        "COMPLETED" if status.window => ("its last window closed", again.to_owned()),
-        "COMPLETED" => ("the session's shell exited", again.to_owned()),
-        "OUT_OF_MEMORY" => (
-            "the job ran out of memory",
-            format!("{again}, or ask for more memory with --mem in RemoteCommand"),
-        ),
-        "PREEMPTED" => ("a higher-priority job preempted it", again.to_owned()),
-        "DEADLINE" => ("the job reached its deadline", again.to_owned()),
-        "BOOT_FAIL" => ("the node failed to boot", again.to_owned()),
-        _ => ("", again.to_owned()),
+    let (why, more) = match state {
+        "COMPLETED" if status.window => ("its last window closed", None),
+        "COMPLETED" => ("the session's shell exited", None),
+        _ => END_CAUSES.iter().find(|cause| cause.0 == state).map_or(("", None), |cause| (cause.1, cause.2)),
+    };
+    let advice = match more {
+        Some(more) => format!("{again}, or ask for {more} in RemoteCommand"),
+        None => again.to_owned(),
     };
     let slurm_reason = match reason {
         "" | "None" => None,

@@ -52,8 +52,11 @@ pub async fn stop(args: &StopArgs) -> i32 {
 pub struct VsJob {
     pub profile: String,
     pub id: u32,
+    /// `-` while pending.
     pub node: String,
+    /// As squeue says it (RUNNING, PENDING, ...).
     pub state: String,
+    /// As squeue says it (`%L`), shown as it is.
     pub time_left: String,
     /// From the keeper's comment; None before it wrote one.
     pub windows: Option<usize>,

@@ -331,6 +331,11 @@ mod tests {
     /// Runs the filter over `chunks` and merges adjacent data, so results of
     /// different splits can be compared.
     fn run(chunks: &[&[u8]]) -> Vec<Piece> {
+        run_checking(chunks, |_| {})
+    }
+
+    /// `run`, calling `check` with the filter after every read.
+    fn run_checking(chunks: &[&[u8]], check: impl Fn(&ControlFilter)) -> Vec<Piece> {
         let mut filter = ControlFilter::new(nonce());
         let mut out = Output::default();
         for chunk in chunks {
@@ -340,8 +345,10 @@ mod tests {
                     Piece::Control(m) => out.control(m),
                 }
             }
+            check(&filter);
         }
         out.data(&filter.finish());
+        assert_eq!(filter.held_len(), 0, "finish hands back everything held");
         out.pieces
     }
 
@@ -455,20 +462,9 @@ mod tests {
 
     /// Like `run`, checking after every read that the held bytes stay bounded.
     fn run_bounded(chunks: &[&[u8]]) -> Vec<Piece> {
-        let mut filter = ControlFilter::new(nonce());
-        let mut out = Output::default();
-        for chunk in chunks {
-            for piece in filter.feed(chunk) {
-                match piece {
-                    Piece::Data(d) => out.data(&d),
-                    Piece::Control(m) => out.control(m),
-                }
-            }
-            assert!(filter.held_len() < MAX_CONTROL_LINE, "held {}", filter.held_len());
-        }
-        out.data(&filter.finish());
-        assert_eq!(filter.held_len(), 0);
-        out.pieces
+        run_checking(chunks, |filter| {
+            assert!(filter.held_len() < MAX_CONTROL_LINE, "held {}", filter.held_len())
+        })
     }
 
     fn split_at<'a>(stream: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
@@ -522,12 +518,9 @@ mod tests {
     fn a_64_mib_line_passes_unchanged_with_bounded_memory() {
         // One line, no newline, starting like a control line of ours; NUL,
         // invalid UTF-8 and more prefixes inside.
-        let mut stream = [CONTROL_PREFIX, nonce().as_str().as_bytes(), b" endpoint "].concat();
+        let start = [CONTROL_PREFIX, nonce().as_str().as_bytes(), b" endpoint "].concat();
         let unit = [b"\0\xff\xfe\xc3(".as_slice(), CONTROL_PREFIX, &[b'q'; 977]].concat();
-        while stream.len() < 64 << 20 {
-            stream.extend_from_slice(&unit);
-        }
-        stream.truncate(64 << 20);
+        let stream = crate::testing::endless_line(&start, &unit);
         let mut filter = ControlFilter::new(nonce());
         let mut passed = 0;
         for chunk in stream.chunks(64 << 10) {

@@ -103,6 +103,17 @@ mod tests {
         }
     }
 
+    #[test]
+    fn flags_round_trip_through_the_plugins_reading() {
+        assert_eq!(option_flag().strip_prefix("--"), Some(OPTION));
+        for secs in [0, 90, 1_800, 86_400 + 61] {
+            let linger = std::time::Duration::from_secs(secs);
+            let flag = linger_flag(linger);
+            let value = flag.strip_prefix(&format!("--{LINGER_OPTION}=")).unwrap();
+            assert_eq!(crate::duration::parse(value), Ok(linger), "{flag}");
+        }
+    }
+
     proptest! {
         #[test]
         fn any_attachment_round_trips(windows in any::<usize>(), ends_at in any::<Option<u64>>()) {

@@ -15,6 +15,19 @@ pub fn chunks(stream: &[u8], cuts: impl IntoIterator<Item = usize>) -> Vec<&[u8]
     chunks
 }
 
+/// A 64 MiB line without a newline: `start`, then `unit` again and again.
+/// The parsers must pass it on as it comes, holding back only a bounded
+/// prefix, whatever a hostile or broken script prints.
+pub fn endless_line(start: &[u8], unit: &[u8]) -> Vec<u8> {
+    const SIZE: usize = 64 << 20;
+    let mut line = start.to_vec();
+    while line.len() < SIZE && !unit.is_empty() {
+        line.extend_from_slice(unit);
+    }
+    line.truncate(SIZE);
+    line
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

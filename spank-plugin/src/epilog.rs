@@ -125,24 +125,14 @@ impl Outcome {
         if self.termed.is_empty() && self.killed.is_empty() {
             lines.push(format!("vscode: job {}: no processes of uid {} left on this node", job.id, job.uid));
         }
-        if !self.termed.is_empty() {
-            lines.push(format!(
-                "vscode: job {}: sent SIGTERM to {} of uid {} ({})",
-                job.id,
-                count(self.termed.len()),
-                job.uid,
-                list_pids(&self.termed)
-            ));
-        }
-        if !self.killed.is_empty() {
-            lines.push(format!(
-                "vscode: job {}: sent SIGKILL to {} of uid {} still running after {} s ({})",
-                job.id,
-                count(self.killed.len()),
-                job.uid,
-                grace.as_secs(),
-                list_pids(&self.killed)
-            ));
+        let after_grace = format!(" still running after {} s", grace.as_secs());
+        for (signal, pids, when) in
+            [("SIGTERM", &self.termed, ""), ("SIGKILL", &self.killed, after_grace.as_str())]
+        {
+            if !pids.is_empty() {
+                let (id, uid, n, listed) = (job.id, job.uid, count(pids.len()), list_pids(pids));
+                lines.push(format!("vscode: job {id}: sent {signal} to {n} of uid {uid}{when} ({listed})"));
+            }
         }
         lines
     }
