@@ -5,6 +5,7 @@
 //! `vscode-slurm-procfs` instead, where it can be audited on its own.
 
 pub mod cli;
+pub mod json;
 #[cfg(feature = "session")]
 pub mod logging;
 #[cfg(feature = "session")]

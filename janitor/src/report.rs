@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::time::Duration;
+use vscode_slurm_common::json;
 
 use crate::duration;
 use crate::judge::{Tree, Why};
@@ -108,26 +109,6 @@ pub fn log_line(host: &str, entry: &Entry) -> String {
     )
 }
 
-pub fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 pub struct Run<'a> {
     pub host: &'a str,
     pub kill: bool,
@@ -138,8 +119,8 @@ pub struct Run<'a> {
 pub fn json(run: &Run<'_>, entries: &[Entry]) -> String {
     let mut out = format!(
         "{{\"host\":{},\"mode\":{},\"min_age_secs\":{},\"trees\":[",
-        json_string(run.host),
-        json_string(if run.kill { "kill" } else { "dry-run" }),
+        json::string(run.host),
+        json::string(if run.kill { "kill" } else { "dry-run" }),
         run.min_age.as_secs()
     );
     for (i, e) in entries.iter().enumerate() {
@@ -152,7 +133,7 @@ pub fn json(run: &Run<'_>, entries: &[Entry]) -> String {
             out,
             "{{\"user\":{},\"uid\":{},\"pid\":{},\"age_secs\":{},\"rss_bytes\":{},\"cpu_ms\":{},\"processes\":{},\
              \"pids\":[{}],\"command\":{},\"why\":{},\"reason\":{},\"result\":",
-            json_string(&t.user),
+            json::string(&t.user),
             t.uid,
             t.root,
             t.age.as_secs(),
@@ -160,9 +141,9 @@ pub fn json(run: &Run<'_>, entries: &[Entry]) -> String {
             t.cpu.as_millis(),
             t.members.len(),
             pids.join(","),
-            json_string(&t.command),
-            json_string(e.why.text()),
-            json_string(e.why.key()),
+            json::string(&t.command),
+            json::string(e.why.text()),
+            json::string(e.why.key()),
         );
         match &e.reaped {
             None => out.push_str("null"),
@@ -182,10 +163,10 @@ pub fn json(run: &Run<'_>, entries: &[Entry]) -> String {
         match &e.note {
             None => out.push_str(",\"note\":null"),
             Some(Ok(path)) => {
-                let _ = write!(out, ",\"note\":{}", json_string(path));
+                let _ = write!(out, ",\"note\":{}", json::string(path));
             }
             Some(Err(error)) => {
-                let _ = write!(out, ",\"note\":null,\"note_error\":{}", json_string(error));
+                let _ = write!(out, ",\"note\":null,\"note_error\":{}", json::string(error));
             }
         }
         out.push('}');

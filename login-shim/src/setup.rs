@@ -137,7 +137,7 @@ pub fn render(args: &SetupArgs) -> String {
          # Then connect VS Code to {name}: Remote-SSH: Connect to Host... > {name}.\n",
         login = args.login,
         block = host_block(args),
-        config_json = json_string(config),
+        config_json = vscode_slurm_common::json::string(config),
         timeout = args.connect_timeout,
     )
 }
@@ -186,20 +186,6 @@ fn shell_path(path: &str) -> String {
 }
 
 /// A JSON string literal, for settings.json.
-fn json_string(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// Whether an ssh config text has a `Host` line naming `alias`.
 pub fn has_host(text: &str, alias: &str) -> bool {
     text.lines().any(|line| {
@@ -259,7 +245,7 @@ mod tests {
 
     #[test]
     fn odd_config_paths_stay_valid_json_and_shell() {
-        assert_eq!(json_string(r#"~/a "b"\c"#), r#""~/a \"b\"\\c""#);
+        assert_eq!(vscode_slurm_common::json::string(r#"~/a "b"\c"#), r#""~/a \"b\"\\c""#);
         assert_eq!(shell_path("~/.ssh/vscode-slurm.config"), "~/.ssh/vscode-slurm.config");
         assert_eq!(shell_path("~/my dir/c's"), r"~/'my dir/c'\''s'");
         assert_eq!(shell_path("/abs path"), "'/abs path'");
