@@ -40,6 +40,12 @@ const DRAIN: Duration = Duration::from_secs(2);
 
 /// Runs a session; returns the exit code.
 pub fn main(args: SessionArgs) -> i32 {
+    // An unusable --profile is a usage error like clap's own: one line,
+    // exit 2, before anything asks Slurm.
+    if let Some(Err(e)) = args.profile.as_deref().map(profile::check_profile) {
+        eprintln!("vscode-shim: {e}");
+        return vscode_slurm_common::cli::USAGE;
+    }
     let slurm = Slurm::new(args.slurm.clone(), SLURM_TIMEOUT);
     let style = logging::Style { program: "vscode-shim", label_levels: false };
     if let Err(e) = logging::init(&args.log, style, args.tee_stderr.as_deref()) {
