@@ -264,18 +264,6 @@ mod tests {
     /// Bounds every wait in these tests; none is a timing assertion.
     const BOUND: Duration = Duration::from_secs(20);
 
-    /// Deterministic but irregular bytes, so misordered or lost chunks show.
-    fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                (seed >> 24) as u8
-            })
-            .collect()
-    }
-
     /// A connected pair of sockets: (the end we keep, the end the relay gets).
     async fn socket_pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -298,14 +286,14 @@ mod tests {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64 | 1);
-        let random = pseudo_random(16, seed);
+        let random = vscode_slurm_protocol::testing::pseudo_random(16, seed);
         let size =
             |i: usize| u32::from_le_bytes([random[i], random[i + 1], random[i + 2], 0]) as usize % (6 << 20);
         let sizes = [(0, 1), (1, 0), (65_537, 1_000_003), (size(0), size(4)), (size(8), size(12))];
         for (i, (up_len, down_len)) in sizes.into_iter().enumerate() {
             let (client, server, task) = relayed().await;
-            let up = pseudo_random(up_len, 1 + i as u64);
-            let down = pseudo_random(down_len, 100 + i as u64);
+            let up = vscode_slurm_protocol::testing::pseudo_random(up_len, 1 + i as u64);
+            let down = vscode_slurm_protocol::testing::pseudo_random(down_len, 100 + i as u64);
             let (mut client_read, mut client_write) = client.into_split();
             let (mut server_read, mut server_write) = server.into_split();
             let (sent_up, sent_down) = (up.clone(), down.clone());

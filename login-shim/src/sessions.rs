@@ -50,7 +50,9 @@ pub async fn stop(args: &StopArgs) -> i32 {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VsJob {
+    /// The job name without its `vscode:` prefix.
     pub profile: String,
+    /// Slurm's job id.
     pub id: u32,
     /// `-` while pending.
     pub node: String,
@@ -60,6 +62,7 @@ pub struct VsJob {
     pub time_left: String,
     /// From the keeper's comment; None before it wrote one.
     pub windows: Option<usize>,
+    /// When a lingering job ends, Unix seconds, from the same comment.
     pub ends_at: Option<u64>,
 }
 

@@ -28,6 +28,19 @@ pub fn endless_line(start: &[u8], unit: &[u8]) -> Vec<u8> {
     line
 }
 
+/// Deterministic but irregular bytes (xorshift), so a relay test sees
+/// misordered, lost or duplicated chunks as different bytes.
+pub fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 24) as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

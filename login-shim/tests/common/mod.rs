@@ -630,23 +630,11 @@ impl Drop for Shim {
     }
 }
 
-/// Deterministic but irregular bytes, so misordered or dropped chunks show.
-fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
-}
-
 /// One connection through the relay at `port`, as VS Code's: reads the
 /// server's greeting, sends 256 KiB, half-closes, and expects all of it back
 /// and the server's half-close. Returns the pid the server greeted with.
 pub fn exchange(port: u16, seed: u64) -> i32 {
-    let payload = pseudo_random(256 << 10, seed);
+    let payload = vscode_slurm_protocol::testing::pseudo_random(256 << 10, seed);
     let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(BOUND)).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
