@@ -91,9 +91,40 @@ pub fn init(args: &LogArgs, style: Style, tee_stderr: Option<&Path>) -> Result<(
 /// Appends, so a fixed path shared by several sessions keeps all of them;
 /// owner-only, because the streams carry the session's connection token and
 /// the log names endpoints.
+///
+/// Paths like `/tmp/shim-%p.log` are guessable, so another user may have
+/// put something there first: a link (to a file of theirs, which would then
+/// receive the token) or a file of their own. Neither is written: a link is
+/// not followed, and a file must be a regular file of ours with no other
+/// name. A new file is created 0600.
 pub fn open_private(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::other("it is a symbolic link; name a file of your own"),
+            _ => e,
+        })?;
+    let meta = file.metadata()?;
+    // SAFETY: getuid cannot fail and touches no memory.
+    let me = unsafe { libc::getuid() };
+    if !meta.file_type().is_file() {
+        return Err(io::Error::other("it is not a regular file"));
+    }
+    if meta.uid() != me {
+        return Err(io::Error::other(format!(
+            "it belongs to uid {}, not to you; name a file of your own",
+            meta.uid()
+        )));
+    }
+    if meta.nlink() != 1 {
+        return Err(io::Error::other("it has other names (hard links); name a file of your own"));
+    }
+    Ok(file)
 }
 
 /// Writes to our stderr and the tee; failures are ignored because there is
@@ -166,5 +197,61 @@ where
         }
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::open_private;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::PathBuf;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("vscode-slurm-open-private-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_new_file_is_ours_alone_and_appended_to() {
+        let dir = scratch("new");
+        let path = dir.join("log");
+        std::io::Write::write_all(&mut open_private(&path).unwrap(), b"one\n").unwrap();
+        std::io::Write::write_all(&mut open_private(&path).unwrap(), b"two\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn planted_links_fifos_and_foreign_files_are_refused_untouched() {
+        let dir = scratch("planted");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "theirs").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("link")).unwrap();
+        let why = open_private(&dir.join("link")).unwrap_err().to_string();
+        assert!(why.contains("symbolic link"), "{why}");
+        std::fs::hard_link(&victim, dir.join("hard")).unwrap();
+        let why = open_private(&dir.join("hard")).unwrap_err().to_string();
+        assert!(why.contains("other names"), "{why}");
+        let fifo = dir.join("fifo");
+        let fifo_c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
+        // SAFETY: a valid C string and a mode.
+        assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) }, 0);
+        assert!(open_private(&fifo).is_err(), "a FIFO would block or leak");
+        // SAFETY: getuid cannot fail.
+        if unsafe { libc::getuid() } == 0 {
+            let foreign = dir.join("foreign");
+            std::fs::write(&foreign, "").unwrap();
+            std::os::unix::fs::chown(&foreign, Some(65534), None).unwrap();
+            let why = open_private(&foreign).unwrap_err().to_string();
+            assert!(why.contains("belongs to uid 65534"), "{why}");
+            assert_eq!(std::fs::metadata(&foreign).unwrap().len(), 0);
+        }
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "theirs");
+        assert_eq!(std::fs::metadata(&victim).unwrap().nlink(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -278,7 +278,7 @@ fn open_tee(path: Option<&Path>, flag: &str) -> Result<Option<File>, String> {
     let Some(path) = path.map(expand_pid) else { return Ok(None) };
     logging::open_private(&path)
         .map(Some)
-        .map_err(|e| format!("cannot open {flag} file {}: {e}", path.display()))
+        .map_err(|e| format!("cannot open the {flag} file {}: {e}", path.display()))
 }
 
 /// The signals that end a session, as exit codes in the shell's 128+N style.
