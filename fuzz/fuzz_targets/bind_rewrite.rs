@@ -16,43 +16,68 @@ mod common;
 const LONGEST: usize = "--bind-addr=localhost".len();
 const DIR: &str = "/run/vscode-slurm/42";
 
-/// The rules, written out again independently of the rewriter: the flag, a
-/// byte after it that ends it (or the end of input), and what it becomes.
-fn reference(input: &[u8]) -> Vec<u8> {
+/// A flag the rewriter replaces: which byte after it ends it (the end of
+/// input does too), and what it becomes, given how many sockets have been
+/// named so far.
+struct Rule {
+    flag: String,
+    ends_at: Box<dyn Fn(u8) -> bool>,
+    becomes: Box<dyn Fn(&mut usize) -> String>,
+}
+
+/// The rules, written out again independently of the rewriter.
+fn rules() -> Vec<Rule> {
     let ends = |b: u8| !(b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    let socket = |made: &mut usize| {
+        *made += 1;
+        format!("{DIR}/server-1-{made}.sock")
+    };
+    let mut rules = vec![Rule {
+        flag: "--on-port".into(),
+        ends_at: Box::new(move |b| ends(b) && b != b'=' && b != b':'),
+        becomes: Box::new(|_| "--on-socket".into()),
+    }];
+    for sep in ['=', ' '] {
+        rules.push(Rule {
+            flag: format!("--port{sep}0"),
+            ends_at: Box::new(ends),
+            becomes: Box::new(move |made| format!("--socket-path={}", socket(made))),
+        });
+        for host in ["127.0.0.1", "localhost"] {
+            let flag = format!("--bind-addr{sep}{host}");
+            let kept = flag.clone();
+            rules.push(Rule {
+                flag,
+                ends_at: Box::new(ends),
+                becomes: Box::new(move |made| format!("--socket {} {kept}", socket(made))),
+            });
+        }
+    }
+    rules
+}
+
+/// A plain scan over the whole input by [`rules`]: the first rule whose
+/// flag starts here and ends right after it replaces it.
+fn reference(input: &[u8]) -> Vec<u8> {
+    let rules = rules();
     let mut out = Vec::new();
     let mut made = 0;
-    let mut i = 0;
-    'scan: while i < input.len() {
-        let mut rules: Vec<(String, Box<dyn Fn(u8) -> bool>, u8)> =
-            vec![("--on-port".into(), Box::new(move |b| ends(b) && b != b'=' && b != b':'), 0)];
-        for sep in ['=', ' '] {
-            rules.push((format!("--port{sep}0"), Box::new(ends), 1));
-            for host in ["127.0.0.1", "localhost"] {
-                rules.push((format!("--bind-addr{sep}{host}"), Box::new(ends), 2));
+    let mut rest = input;
+    while let Some(&byte) = rest.first() {
+        let found = rules.iter().find(|rule| {
+            rest.starts_with(rule.flag.as_bytes())
+                && rest.get(rule.flag.len()).is_none_or(|&b| (rule.ends_at)(b))
+        });
+        match found {
+            Some(rule) => {
+                out.extend_from_slice((rule.becomes)(&mut made).as_bytes());
+                rest = &rest[rule.flag.len()..];
+            }
+            None => {
+                out.push(byte);
+                rest = &rest[1..];
             }
         }
-        for (text, ends_at, kind) in &rules {
-            let end = i + text.len();
-            if input[i..].starts_with(text.as_bytes()) && input.get(end).is_none_or(|&b| ends_at(b)) {
-                let replacement = match kind {
-                    0 => "--on-socket".to_owned(),
-                    1 => {
-                        made += 1;
-                        format!("--socket-path={DIR}/server-1-{made}.sock")
-                    }
-                    _ => {
-                        made += 1;
-                        format!("--socket {DIR}/server-1-{made}.sock {text}")
-                    }
-                };
-                out.extend_from_slice(replacement.as_bytes());
-                i = end;
-                continue 'scan;
-            }
-        }
-        out.push(input[i]);
-        i += 1;
     }
     out
 }
@@ -70,9 +95,6 @@ fn run(reads: &[&[u8]]) -> Vec<u8> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((choice, input)) = common::split(data) else { return };
-    let whole = run(&[input]);
-    assert_eq!(run(&common::reads(choice, input)), whole, "other reads, other result");
-    assert_eq!(run(&common::bytewise(input)), whole, "byte-wise reads, other result");
+    let Some((input, whole)) = common::whatever_the_reads(data, run) else { return };
     assert_eq!(whole, reference(input), "not what the rules say");
 });

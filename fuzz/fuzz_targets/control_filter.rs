@@ -13,26 +13,10 @@ mod common;
 /// The seed corpus's control lines carry this nonce.
 const NONCE: &str = "0123456789abcdef0123456789abcdef";
 
-fn push(out: &mut Vec<Piece>, piece: Piece) {
-    match (out.last_mut(), piece) {
-        (_, Piece::Data(data)) if data.is_empty() => {}
-        (Some(Piece::Data(last)), Piece::Data(data)) => last.extend(data),
-        (_, piece) => out.push(piece),
-    }
-}
+common::parser_of_pieces!(ControlFilter);
 
 fn run(nonce: &Nonce, reads: &[&[u8]]) -> Vec<Piece> {
-    let mut filter = ControlFilter::new(nonce.clone());
-    let mut out = Vec::new();
-    for read in reads {
-        for piece in filter.feed(read) {
-            push(&mut out, piece);
-        }
-        assert!(filter.held_len() < MAX_CONTROL_LINE, "held {} bytes", filter.held_len());
-    }
-    push(&mut out, Piece::Data(filter.finish()));
-    assert_eq!(filter.held_len(), 0);
-    out
+    common::pieces(ControlFilter::new(nonce.clone()), reads, MAX_CONTROL_LINE)
 }
 
 /// The rules over the whole stream, line by line: a complete line of at most
@@ -50,20 +34,17 @@ fn reference(nonce: &Nonce, stream: &[u8]) -> (Vec<Piece>, usize) {
         match message {
             Some(message) => {
                 consumed += line.len();
-                push(&mut out, Piece::Control(message));
+                common::push(&mut out, Piece::Control(message));
             }
-            None => push(&mut out, Piece::Data(line.to_vec())),
+            None => common::push(&mut out, Piece::Data(line.to_vec())),
         }
     }
     (out, consumed)
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((choice, stream)) = common::split(data) else { return };
     let nonce = Nonce::parse(NONCE).unwrap();
-    let whole = run(&nonce, &[stream]);
-    assert_eq!(run(&nonce, &common::reads(choice, stream)), whole, "other reads, other result");
-    assert_eq!(run(&nonce, &common::bytewise(stream)), whole, "byte-wise reads, other result");
+    let Some((stream, whole)) = common::whatever_the_reads(data, |reads| run(&nonce, reads)) else { return };
     let (expected, consumed) = reference(&nonce, stream);
     assert_eq!(whole, expected, "not what the rules say");
     let mut data_len = 0;

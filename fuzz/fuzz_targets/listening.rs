@@ -16,33 +16,14 @@ const MARKER: &[u8] = b"listeningOn==";
 const TERMINATOR: &[u8] = b"==";
 const BOUND: usize = MARKER.len() + MAX_VALUE + TERMINATOR.len();
 
-fn push(out: &mut Vec<Piece>, piece: Piece) {
-    match (out.last_mut(), piece) {
-        (_, Piece::Data(data)) if data.is_empty() => {}
-        (Some(Piece::Data(last)), Piece::Data(data)) => last.extend(data),
-        (_, piece) => out.push(piece),
-    }
-}
+common::parser_of_pieces!(ListeningScanner);
 
 fn run(reads: &[&[u8]]) -> Vec<Piece> {
-    let mut scanner = ListeningScanner::new();
-    let mut out = Vec::new();
-    for read in reads {
-        for piece in scanner.feed(read) {
-            push(&mut out, piece);
-        }
-        assert!(scanner.held_len() < BOUND, "held {} bytes", scanner.held_len());
-    }
-    push(&mut out, Piece::Data(scanner.finish()));
-    assert_eq!(scanner.held_len(), 0);
-    out
+    common::pieces(ListeningScanner::new(), reads, BOUND)
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((choice, stream)) = common::split(data) else { return };
-    let whole = run(&[stream]);
-    assert_eq!(run(&common::reads(choice, stream)), whole, "other reads, other result");
-    assert_eq!(run(&common::bytewise(stream)), whole, "byte-wise reads, other result");
+    let Some((stream, whole)) = common::whatever_the_reads(data, run) else { return };
 
     let mut at = 0;
     for piece in &whole {

@@ -10,6 +10,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use vscode_slurm_protocol::{encode, ControlMessage, Nonce};
+use vscode_slurm_tests::events;
 
 const NONCE: &str = "00112233445566778899aabbccddeeff";
 const DOOR_KEY: &str = "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5";
@@ -31,6 +32,17 @@ fn command(env: &[(&str, &str)]) -> Command {
     command
 }
 
+/// The helper with stdin and stdout piped, as srun's task has them.
+fn spawn(env: &[(&str, &str)], args: &[&str], stderr: Stdio) -> Child {
+    command(env)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("start the helper")
+}
+
 fn session_env() -> Env {
     vec![
         ("VSCODE_SLURM_NONCE", NONCE),
@@ -46,13 +58,7 @@ impl Helper {
     }
 
     fn start_with(env: &[(&str, &str)], args: &[&str], script: &str) -> Helper {
-        let mut child = command(env)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the helper");
+        let mut child = spawn(env, args, Stdio::inherit());
         let mut stdin = child.stdin.take().unwrap();
         stdin.write_all(script.as_bytes()).unwrap();
         stdin.flush().unwrap();
@@ -96,16 +102,12 @@ impl Helper {
     }
 
     fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if started.elapsed() > limit {
+        match events::exit_within(&mut self.child, limit).expect("wait for the helper") {
+            Some(status) => status,
+            None => {
                 let _ = self.child.kill();
                 panic!("the helper did not exit within {limit:?}");
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -116,15 +118,7 @@ impl Helper {
 impl Drop for Helper {
     fn drop(&mut self) {
         self.stdin = None;
-        let started = Instant::now();
-        while started.elapsed() < WAIT {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        events::exit_or_kill(&mut self.child, WAIT);
     }
 }
 
@@ -235,12 +229,7 @@ fn closing_stdin_ends_the_whole_script() {
 fn helper_killed_outright_leaves_no_one_holding_the_steps_output() {
     // As srun's task: if leftovers of the script held these pipes, Slurm
     // would wait on the step (and keep the job COMPLETING) until they die.
-    let mut child = command(&session_env())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the helper");
+    let mut child = spawn(&session_env(), &[], Stdio::piped());
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"echo to-stderr >&2\nsetsid sleep 1000 </dev/null &\necho $!\n").unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());

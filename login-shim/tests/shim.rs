@@ -3,16 +3,18 @@
 //! request) so the shim's streams, relay and lifecycle can be checked
 //! without Slurm. The real Slurm path is tested elsewhere.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use vscode_slurm_tests::events;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -44,9 +46,10 @@ while IFS= read -r line; do
     *) echo "echo $line" ;;
   esac
 done
-# A job whose step does not end when stdin closes: only scancel ends it.
+# A job whose step does not end when stdin closes: only scancel ends it
+# (exec: the pid scancel kills is this one, and no child outlives it).
 if [ "$STANDIN_MODE" = stuck ]; then
-  while :; do sleep 0.1; done
+  exec sleep infinity
 fi
 "#;
 
@@ -105,6 +108,11 @@ struct Shim {
     stdout: Receiver<String>,
     stdout_seen: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    /// Gets a message whenever stderr has grown.
+    stderr_grew: Receiver<()>,
+    /// Nothing is sent on it: it hangs up when both readers have reached
+    /// the end of the shim's output.
+    output_ended: Receiver<()>,
     dir: Dir,
     echo_port: u16,
 }
@@ -142,28 +150,34 @@ fn start(mode: &str, args: &[&str]) -> Shim {
         .stderr(Stdio::piped());
     let mut child = command.spawn().unwrap();
 
+    let (ended, output_ended) = mpsc::channel();
     let (tx, stdout) = mpsc::channel();
     let stdout_seen = Arc::new(Mutex::new(String::new()));
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     let seen = stdout_seen.clone();
+    let stdout_ended = ended.clone();
     thread::spawn(move || {
         let mut line = String::new();
         while reader.read_line(&mut line).unwrap_or(0) > 0 {
             seen.lock().unwrap().push_str(&line);
             let _ = tx.send(std::mem::take(&mut line));
         }
+        drop(stdout_ended);
     });
     let stderr = Arc::new(Mutex::new(String::new()));
+    let (grew, stderr_grew) = mpsc::channel();
     let mut err_reader = child.stderr.take().unwrap();
     let sink = stderr.clone();
     thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok(n @ 1..) = err_reader.read(&mut buf) {
             sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            let _ = grew.send(());
         }
+        drop(ended);
     });
     let stdin = child.stdin.take();
-    Shim { child, stdin, stdout, stdout_seen, stderr, dir, echo_port }
+    Shim { child, stdin, stdout, stdout_seen, stderr, stderr_grew, output_ended, dir, echo_port }
 }
 
 impl Shim {
@@ -219,24 +233,41 @@ impl Shim {
     fn wait_for_stderr(&self, needle: &str) {
         let deadline = Instant::now() + TIMEOUT;
         while !self.stderr().contains(needle) {
-            assert!(Instant::now() < deadline, "stderr never contained {needle:?}: {}", self.stderr());
-            thread::sleep(Duration::from_millis(50));
+            match self.stderr_grew.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(()) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("stderr did not come to contain {needle:?} within {TIMEOUT:?}: {}", self.stderr())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("stderr ended without {needle:?}: {}", self.stderr())
+                }
+            }
         }
     }
 
-    fn wait(&mut self, within: Duration) -> ExitStatus {
+    /// Fails as soon as a new `vscode-shim:` line comes within `within`.
+    /// Only a bounded look can show that something does not happen.
+    fn assert_no_new_shim_line(&self, within: Duration, why: &str) {
+        let before = self.shim_lines().len();
         let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader threads catch the last output.
-                thread::sleep(Duration::from_millis(200));
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("shim still running after {within:?}; stderr: {}", self.stderr());
-            }
-            thread::sleep(Duration::from_millis(20));
+        while let Ok(()) = self.stderr_grew.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            assert_eq!(self.shim_lines().len(), before, "{why}: {}", self.stderr());
+        }
+    }
+
+    /// The shim's exit status, once it has exited and all it wrote has
+    /// been read.
+    fn wait(&mut self, within: Duration) -> ExitStatus {
+        let exited = events::exit_within(&mut self.child, within).expect("wait for the shim");
+        let Some(status) = exited else {
+            let _ = self.child.kill();
+            panic!("shim still running after {within:?}; stderr: {}", self.stderr());
+        };
+        // The readers end with the shim's output, which ends with the shim:
+        // what salloc and its stand-ins were given are pipes of its own.
+        match self.output_ended.recv_timeout(TIMEOUT) {
+            Err(RecvTimeoutError::Disconnected) => status,
+            _ => panic!("the shim's output did not end within {TIMEOUT:?} of its exit: {}", self.stderr()),
         }
     }
 
@@ -252,23 +283,22 @@ impl Drop for Shim {
     }
 }
 
-/// Deterministic but irregular bytes, so misordered or dropped chunks show.
-fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
+/// Deterministic but irregular bytes, so misordered or dropped chunks show:
+/// the top byte of a 64-bit linear congruential sequence (Knuth's MMIX
+/// constants).
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let next = |state: &u64| Some(state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407));
+    std::iter::successors(next(&seed), next).take(len).map(|state| (state >> 56) as u8).collect()
+}
+
+fn connect(port: u16) -> TcpStream {
+    TcpStream::connect(("127.0.0.1", port)).unwrap()
 }
 
 /// Sends 1 MiB through the relay while reading the echo, then half-closes
 /// and expects the echo's half-close back.
-fn exchange(port: u16, seed: u64) {
+fn exchange(mut stream: TcpStream, seed: u64) {
     let payload = pseudo_random(1 << 20, seed);
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut writer = stream.try_clone().unwrap();
     let sent = payload.clone();
@@ -281,6 +311,25 @@ fn exchange(port: u16, seed: u64) {
     sender.join().unwrap();
     assert_eq!(echoed.len(), payload.len());
     assert!(echoed == payload, "echoed bytes differ");
+}
+
+/// Whether a process has accepted `client`'s connection: until one does,
+/// the kernel lists the connection's far end with inode 0, as no process
+/// holds a socket for it yet.
+fn accepted(client: &TcpStream) -> bool {
+    let (ours, theirs) = (client.local_addr().unwrap().port(), client.peer_addr().unwrap().port());
+    let port = |address: &str| address.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().filter_map(|table| std::fs::read_to_string(table).ok()).any(
+        |table| {
+            table.lines().skip(1).any(|row| {
+                let fields: Vec<&str> = row.split_whitespace().collect();
+                fields.len() > 9
+                    && port(fields[1]) == Some(theirs)
+                    && port(fields[2]) == Some(ours)
+                    && fields[9] != "0"
+            })
+        },
+    )
 }
 
 #[test]
@@ -307,14 +356,32 @@ fn session_relays_filters_and_ends_on_stdin_eof() {
     let forged = shim.expect_line("@@vscode-slurm@@ ");
     assert!(forged.contains("ffffffffffffffffffffffffffffffff"));
 
-    // A connection made before the endpoint is known waits for it.
-    let early = thread::spawn(move || exchange(port, 1));
-    thread::sleep(Duration::from_millis(300));
+    // A connection made before the endpoint is known waits for it: the
+    // relay has taken it and holds it, neither answered nor closed...
+    let early = connect(port);
+    let deadline = Instant::now() + TIMEOUT;
+    while !accepted(&early) {
+        assert!(
+            Instant::now() < deadline,
+            "the relay did not accept a connection; stderr: {}",
+            shim.stderr()
+        );
+        // allow-sleep: another process's accept() announces nothing; its socket table is all there is
+        thread::sleep(Duration::from_millis(10));
+    }
+    // Not answered: a bounded look, as that nothing comes can only be seen
+    // for so long.
+    early.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    match early.peek(&mut [0u8; 1]) {
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        other => panic!("the relay answered before the job named its server: {other:?}"),
+    }
+    // ...and relays it once the job names its server.
     shim.emit_endpoint();
     let listening = shim.expect_line("listeningOn==");
     assert_eq!(listening.trim(), format!("listeningOn=={port}=="));
-    early.join().unwrap();
-    exchange(port, 2);
+    exchange(early, 1);
+    exchange(connect(port), 2);
 
     let nonce = shim.dir.read("nonce");
     assert_eq!(nonce.len(), 32);
@@ -394,12 +461,11 @@ fn salloc_failing_to_start_is_explained() {
 fn pending_job_reports_progress_until_granted() {
     let mut shim = start("pending", &["--poll-interval", "1"]);
     shim.wait_for_stderr("vscode-shim: job 7 is pending (reason: Resources), waited 0:0");
+    // Granted right after a report, so no poll is under way meanwhile: the
+    // next is a poll interval (1 s) away, and none may come in two and a half.
     shim.send("grant");
     shim.wait_for_stderr("salloc: job 7 has been allocated resources");
-    thread::sleep(Duration::from_millis(300));
-    let before = shim.shim_lines().len();
-    thread::sleep(Duration::from_millis(2500));
-    assert_eq!(shim.shim_lines().len(), before, "progress went on after the grant: {}", shim.stderr());
+    shim.assert_no_new_shim_line(Duration::from_millis(2500), "progress went on after the grant");
     drop(shim.stdin.take());
     assert_eq!(shim.wait(Duration::from_secs(10)).code(), Some(0));
 }
@@ -484,8 +550,7 @@ fn help_and_version_print_normally() {
 #[test]
 fn relay_connection_gives_up_after_connect_wait() {
     let mut shim = start("granted", &["--connect-wait", "1"]);
-    let port = shim.relay_port();
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut stream = connect(shim.relay_port());
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     let started = Instant::now();
     let mut buf = [0u8; 1];
@@ -518,7 +583,7 @@ fn other_users_are_refused() {
         "vscode-shim: refused a relay connection from uid 65534 (pid unknown) — only the session's own user may connect\n",
     );
     // Our own user still gets through.
-    exchange(port, 3);
+    exchange(connect(port), 3);
 }
 
 /// A Slurm that does not answer is not "no job": the window says so in one

@@ -42,29 +42,7 @@ pub struct Session {
 
 impl Session {
     pub fn open(lab: &Lab, options: SessionOptions<'_>) -> Session {
-        let mut argv = vec![
-            "remote-ssh-client".to_owned(),
-            "--host".to_owned(),
-            "cluster-vscode".to_owned(),
-            "--ssh-config".to_owned(),
-            ".ssh/vscode-slurm.config".to_owned(),
-            "--mode".to_owned(),
-            options.mode.to_owned(),
-        ];
-        if let Some(template) = options.template {
-            let name = format!("template-{}.sh", std::process::id());
-            let path = lab.dir.join("laptop-home").join(options.user).join(&name);
-            std::fs::write(&path, template).expect("write template");
-            argv.extend(["--template".to_owned(), name]);
-        }
-        if let Some(remote_command) = options.remote_command {
-            argv.extend(["--ssh-option".to_owned(), format!("RemoteCommand={remote_command}")]);
-        }
-        for option in options.ssh_options {
-            argv.extend(["--ssh-option".to_owned(), (*option).to_owned()]);
-        }
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let mut client = lab.spawn(Some(options.user), "laptop", &argv);
+        let mut client = start_client(lab, &options);
         let listening = client.expect_line("`result listeningOn=`", OPEN_TIMEOUT, |l| {
             l.starts_with("result listeningOn=") || l.starts_with("error") || l.starts_with("ssh-exited")
         });
@@ -127,6 +105,34 @@ impl Session {
     }
 }
 
+/// Starts `remote-ssh-client` on the laptop as `options` say and leaves
+/// the rest to the caller: for sessions that are not to open.
+pub fn start_client(lab: &Lab, options: &SessionOptions<'_>) -> LineProcess {
+    let mut argv = vec![
+        "remote-ssh-client".to_owned(),
+        "--host".to_owned(),
+        "cluster-vscode".to_owned(),
+        "--ssh-config".to_owned(),
+        ".ssh/vscode-slurm.config".to_owned(),
+        "--mode".to_owned(),
+        options.mode.to_owned(),
+    ];
+    if let Some(template) = options.template {
+        let name = format!("template-{}.sh", std::process::id());
+        let path = lab.dir.join("laptop-home").join(options.user).join(&name);
+        std::fs::write(&path, template).expect("write template");
+        argv.extend(["--template".to_owned(), name]);
+    }
+    if let Some(remote_command) = options.remote_command {
+        argv.extend(["--ssh-option".to_owned(), format!("RemoteCommand={remote_command}")]);
+    }
+    for option in options.ssh_options {
+        argv.extend(["--ssh-option".to_owned(), (*option).to_owned()]);
+    }
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    lab.spawn(Some(options.user), "laptop", &argv)
+}
+
 pub fn dump(process: &LineProcess) -> String {
     format!("stdout:\n{}\nstderr:\n{}", process.stdout_seen.join("\n"), process.stderr_seen.join("\n"))
 }
@@ -169,4 +175,11 @@ pub fn assert_nothing_left(lab: &Lab, user: &str, job_id: u32, within: Duration)
             |dir| dir.trim().is_empty(),
         );
     }
+}
+
+/// Cancels `user`'s batch job `job` (one a test added beside its sessions)
+/// and holds it to the same standard as a session: nothing left of it.
+pub fn cancel_batch_job(lab: &Lab, user: &str, job: u32, within: Duration) {
+    lab.sh_ok(None, "login", &format!("scancel {job}"));
+    assert_nothing_left(lab, user, job, within);
 }

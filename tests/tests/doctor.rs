@@ -8,10 +8,18 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use vscode_slurm_tests::{stderr_of, stdout_of, wait_until, Lab};
+use vscode_slurm_tests::{stderr_of, stdout_of, wait_until, Lab, RestoreFile};
 
 fn doctor(lab: &Lab, args: &str) -> Output {
     lab.sh(Some("alice"), "login", &format!("vscode-shim doctor {args}"))
+}
+
+/// The report of a doctor run that must fail (exit status 1).
+fn failing_doctor(lab: &Lab, args: &str) -> String {
+    let out = doctor(lab, args);
+    let report = stdout_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}{}", stderr_of(&out));
+    report
 }
 
 /// The doctor's job must be gone when it returns.
@@ -61,9 +69,7 @@ fn doctor_passes_on_the_healthy_lab() {
 #[test]
 fn doctor_fails_when_the_helper_cannot_run_in_the_job() {
     let lab = Lab::get();
-    let out = doctor(&lab, "--helper /opt/nowhere/vscode-job-helper");
-    let report = stdout_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{report}{}", stderr_of(&out));
+    let report = failing_doctor(&lab, "--helper /opt/nowhere/vscode-job-helper");
     assert!(
         report.contains("FAIL  /opt/nowhere/vscode-job-helper found: not an executable file"),
         "{report}"
@@ -98,9 +104,7 @@ fn last_doctor_job(lab: &Lab) -> Option<(u32, String)> {
 fn doctor_gives_up_on_a_queued_test_job_and_cancels_it() {
     let lab = Lab::get();
     let before = last_doctor_job(&lab).map(|(id, _)| id);
-    let out = doctor(&lab, "--wait 2 -- --begin=now+1hour");
-    let report = stdout_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{report}{}", stderr_of(&out));
+    let report = failing_doctor(&lab, "--wait 2 -- --begin=now+1hour");
     assert!(
         report.contains("FAIL  helper in a job: the test job did not finish within 2s (still queued?)"),
         "{report}"
@@ -113,30 +117,13 @@ fn doctor_gives_up_on_a_queued_test_job_and_cancels_it() {
     assert_eq!(state, "CANCELLED", "job {id}");
 }
 
-/// Puts the lab's plugstack file back when dropped, so later tests see the
-/// plugin, and removes files the test added to the lab.
-struct RestorePlugstack {
-    path: PathBuf,
-    text: String,
-    added: Vec<PathBuf>,
-}
-
-impl Drop for RestorePlugstack {
-    fn drop(&mut self) {
-        if let Err(e) = fs::write(&self.path, &self.text) {
-            eprintln!("cannot restore {}: {e}", self.path.display());
-        }
-        for file in &self.added {
-            let _ = fs::remove_file(file);
-        }
-    }
-}
-
-fn restore_plugstack_later(lab: &Lab) -> RestorePlugstack {
-    let path = lab.dir.join("etc/slurm/plugstack.conf.d/vscode.conf");
-    let text = fs::read_to_string(&path).expect("the lab's plugstack file");
+/// The lab's plugstack file, put back when the guard drops so that later
+/// tests see the plugin; the files a test adds to the lab go with it.
+fn restore_plugstack_later(lab: &Lab) -> RestoreFile {
+    let restore = RestoreFile::new(lab.dir.join("etc/slurm/plugstack.conf.d/vscode.conf"));
+    let text = String::from_utf8_lossy(&restore.text);
     assert!(text.starts_with("required "), "the lab should have the plugin enabled: {text}");
-    RestorePlugstack { path, text, added: vec![] }
+    restore
 }
 
 /// After a test: the file is back and salloc knows --vscode again.
@@ -189,7 +176,7 @@ fn symbol_offset(elf: &[u8], name: &str) -> usize {
 fn doctor_names_the_package_when_the_plugin_is_for_another_release() {
     let lab = Lab::get();
     let mut restore = restore_plugstack_later(&lab);
-    let (path, text) = (restore.path.clone(), restore.text.clone());
+    let (path, text) = (restore.path.clone(), String::from_utf8_lossy(&restore.text).into_owned());
     {
         let plugin = lab.dir.join("lib/spank_vscode.so");
         let mut elf = fs::read(&plugin).expect("the lab's plugin");
@@ -202,9 +189,7 @@ fn doctor_names_the_package_when_the_plugin_is_for_another_release() {
         fs::write(&other, elf).unwrap();
         fs::write(&path, format!("required {}\n", other.display())).unwrap();
 
-        let out = doctor(&lab, "");
-        let report = stdout_of(&out);
-        assert_eq!(out.status.code(), Some(1), "{report}{}", stderr_of(&out));
+        let report = failing_doctor(&lab, "");
         let lines: Vec<&str> = report.lines().collect();
         let fail = lines
             .iter()
@@ -227,14 +212,12 @@ fn doctor_names_the_package_when_the_plugin_is_for_another_release() {
 fn doctor_fails_and_prints_the_fix_when_the_plugin_is_missing() {
     let lab = Lab::get();
     let restore = restore_plugstack_later(&lab);
-    let (path, text) = (restore.path.clone(), restore.text.clone());
+    let (path, text) = (restore.path.clone(), String::from_utf8_lossy(&restore.text).into_owned());
     {
         let _restore = restore;
         // As on a login node where the package was never enabled.
         fs::write(&path, "# vscode-slurm not enabled\n").unwrap();
-        let out = doctor(&lab, "");
-        let report = stdout_of(&out);
-        assert_eq!(out.status.code(), Some(1), "{report}{}", stderr_of(&out));
+        let report = failing_doctor(&lab, "");
         let lines: Vec<&str> = report.lines().collect();
         let fail = lines
             .iter()

@@ -4,7 +4,9 @@
 //! and (c) that nothing of the session is left on any host.
 
 use std::time::{Duration, Instant};
-use vscode_slurm_tests::session::{assert_nothing_left, dump, Session, SessionOptions};
+use vscode_slurm_tests::session::{
+    assert_nothing_left, cancel_batch_job, dump, start_client, Session, SessionOptions,
+};
 use vscode_slurm_tests::{wait_until, Lab, LineProcess};
 
 /// How long after the fault the shim must be gone.
@@ -14,12 +16,15 @@ const LEFTOVERS: Duration = Duration::from_secs(15);
 
 /// Opens a session whose shim also logs (info level) to a file on the login
 /// node, for faults where no client is left to show its stderr.
-fn open(lab: &Lab, name: &str, salloc_args: &str, template: Option<&str>) -> Session {
+fn open(lab: &Lab, name: &str, salloc_args: &str) -> Session {
     let remote_command = format!("vscode-shim --log-file /tmp/fault-{name}-%p.log -- {salloc_args}");
-    Session::open(
-        lab,
-        SessionOptions { remote_command: Some(&remote_command), template, ..Default::default() },
-    )
+    Session::open(lab, SessionOptions { remote_command: Some(&remote_command), ..Default::default() })
+}
+
+/// A client whose ssh runs `remote_command`, for faults that strike
+/// before a session is open.
+fn client_running(lab: &Lab, remote_command: &str) -> LineProcess {
+    start_client(lab, &SessionOptions { remote_command: Some(remote_command), ..Default::default() })
 }
 
 fn shim_log(lab: &Lab, name: &str) -> String {
@@ -47,6 +52,22 @@ fn fault_ends_the_shim(client: &mut LineProcess, inject: impl FnOnce(&mut LinePr
     assert!(started.elapsed() <= SHIM_EXIT && code != 0, "exit {code} after {:?}", started.elapsed());
 }
 
+/// Injects a fault into `session` and checks all a fault must end with: the
+/// shim gone in time (see [`fault_ends_the_shim`]), one line that explains
+/// the end, naming the job and every word of `words`, and nothing left.
+fn fault_ends_the_session(
+    lab: &Lab,
+    mut session: Session,
+    words: &[&str],
+    inject: impl FnOnce(&mut LineProcess),
+) {
+    let job = session.job_id();
+    fault_ends_the_shim(&mut session.client, inject);
+    let job_named = format!("job {job}");
+    assert_one_line(&mut session.client, &[&[job_named.as_str()], words].concat());
+    assert_nothing_left(lab, "alice", job, LEFTOVERS);
+}
+
 /// The one line that explains the end, containing every word of `words`.
 /// Called once ssh has exited: the client exits right after, and its
 /// stderr is read to its end so that the shim's last line is not missed.
@@ -63,6 +84,14 @@ fn assert_one_line(client: &mut LineProcess, words: &[&str]) -> String {
     lines[0].clone()
 }
 
+/// Ends VS Code's ssh on the laptop with `signal` and waits, at most
+/// [`SHIM_EXIT`], until `listing` on the login node lists nothing: what the
+/// end must take with it.
+fn end_ssh_until_gone(lab: &Lab, signal: &str, what: &str, listing: &str) {
+    lab.sh_ok(None, "laptop", &format!("pkill -{signal} -u alice -x ssh"));
+    wait_until(what, SHIM_EXIT, || lab.sh_ok(None, "login", listing), |listed| listed.trim().is_empty());
+}
+
 fn pid_of(lab: &Lab, host: &str, pattern: &str) -> String {
     let pids = wait_until(
         &format!("a process matching {pattern} on {host}"),
@@ -76,19 +105,17 @@ fn pid_of(lab: &Lab, host: &str, pattern: &str) -> String {
 #[test]
 fn scancel_mid_session() {
     let lab = Lab::get();
-    let mut session = open(&lab, "scancel", "--time=10", None);
-    let job = session.job_id();
-    fault_ends_the_shim(&mut session.client, |_| {
-        lab.sh_ok(Some("alice"), "login", &format!("scancel {job}"));
+    let session = open(&lab, "scancel", "--time=10");
+    let scancel = format!("scancel {}", session.job_id());
+    fault_ends_the_session(&lab, session, &["CANCELLED", "reconnect"], |_| {
+        lab.sh_ok(Some("alice"), "login", &scancel);
     });
-    assert_one_line(&mut session.client, &[&format!("job {job}"), "CANCELLED", "reconnect"]);
-    assert_nothing_left(&lab, "alice", job, LEFTOVERS);
 }
 
 #[test]
 fn job_reaches_its_time_limit() {
     let lab = Lab::get();
-    let mut session = open(&lab, "timeout", "--time=1", None);
+    let mut session = open(&lab, "timeout", "--time=1");
     let job = session.job_id();
     // Slurm enforces limits on its own schedule (every 30 s, then KillWait).
     let code = ssh_exit(&mut session.client, Duration::from_secs(150));
@@ -100,7 +127,7 @@ fn job_reaches_its_time_limit() {
 #[test]
 fn shim_killed() {
     let lab = Lab::get();
-    let session = open(&lab, "kill-shim", "--time=10", None);
+    let session = open(&lab, "kill-shim", "--time=10");
     let job = session.job_id();
     let shim = pid_of(&lab, "login", "^vscode-shim");
     lab.sh_ok(None, "login", &format!("kill -KILL {shim}"));
@@ -112,56 +139,44 @@ fn shim_killed() {
 #[test]
 fn srun_killed() {
     let lab = Lab::get();
-    let mut session = open(&lab, "kill-srun", "--time=10", None);
-    let job = session.job_id();
+    let session = open(&lab, "kill-srun", "--time=10");
     // srun runs as two processes; the first is the one the shim started.
     let srun = lab.sh_ok(None, "login", "pgrep -o -u alice -f '^srun --jobid'").trim().to_owned();
     assert!(!srun.is_empty(), "no srun of the window on login");
-    fault_ends_the_shim(&mut session.client, |_| {
+    // The window's step goes with its srun; with no other window the job ends.
+    fault_ends_the_session(&lab, session, &["srun", "killed", "reconnect"], |_| {
         lab.sh_ok(None, "login", &format!("kill -KILL {srun}"));
     });
-    assert_one_line(&mut session.client, &[&format!("job {job}"), "srun", "killed", "reconnect"]);
-    // The window's step goes with its srun; with no other window the job ends.
-    assert_nothing_left(&lab, "alice", job, LEFTOVERS);
 }
 
 #[test]
 fn salloc_killed_without_a_profile() {
     let lab = Lab::get();
     let remote_command = "vscode-shim --no-profile --log-file /tmp/fault-kill-salloc-%p.log -- --time=10";
-    let mut session =
+    let session =
         Session::open(&lab, SessionOptions { remote_command: Some(remote_command), ..Default::default() });
-    let job = session.job_id();
     let salloc = pid_of(&lab, "login", "^salloc --vscode");
-    fault_ends_the_shim(&mut session.client, |_| {
+    fault_ends_the_session(&lab, session, &["salloc", "killed", "cancelled", "reconnect"], |_| {
         lab.sh_ok(None, "login", &format!("kill -KILL {salloc}"));
     });
-    assert_one_line(
-        &mut session.client,
-        &[&format!("job {job}"), "salloc", "killed", "cancelled", "reconnect"],
-    );
-    assert_nothing_left(&lab, "alice", job, LEFTOVERS);
 }
 
 #[test]
 fn helper_killed() {
     let lab = Lab::get();
-    let mut session = open(&lab, "kill-helper", "--time=10", None);
-    let job = session.job_id();
+    let session = open(&lab, "kill-helper", "--time=10");
     let node = session.node();
     let helper = pid_of(&lab, &node, "^/usr/local/bin/vscode-job-helper");
-    fault_ends_the_shim(&mut session.client, |_| {
+    // The script's processes outlive the helper; the epilog ends them.
+    fault_ends_the_session(&lab, session, &["ended", "reconnect"], |_| {
         lab.sh_ok(None, &node, &format!("kill -KILL {helper}"));
     });
-    assert_one_line(&mut session.client, &[&format!("job {job}"), "ended", "reconnect"]);
-    // The script's processes outlive the helper; the epilog ends them.
-    assert_nothing_left(&lab, "alice", job, LEFTOVERS);
 }
 
 #[test]
 fn node_fails() {
     let lab = Lab::get();
-    let mut session = open(&lab, "node-fail", "--time=10", None);
+    let mut session = open(&lab, "node-fail", "--time=10");
     let job = session.job_id();
     let node = session.node();
     lab.sh_ok(None, &node, "pkill -KILL -x slurmd");
@@ -196,15 +211,14 @@ impl Drop for Revive<'_> {
 #[test]
 fn laptop_ssh_client_killed() {
     let lab = Lab::get();
-    let session = open(&lab, "drop", "--time=10", None);
+    let session = open(&lab, "drop", "--time=10");
     let job = session.job_id();
-    lab.sh_ok(None, "laptop", "pkill -KILL -u alice -x ssh");
     // The shim reads end of input (and sshd hangs up): it must be gone in time...
-    wait_until(
+    end_ssh_until_gone(
+        &lab,
+        "KILL",
         "the shim to exit after the network drop",
-        SHIM_EXIT,
-        || lab.sh_ok(None, "login", "pgrep -u alice -x vscode-shim || true"),
-        |pids| pids.trim().is_empty(),
+        "pgrep -u alice -x vscode-shim || true",
     );
     assert_nothing_left(&lab, "alice", job, LEFTOVERS);
     // ...and say why in its log, the only place anyone can read it now.
@@ -219,7 +233,8 @@ fn launch_script_fails_before_listening() {
     let script = "echo 'f00d: running'\necho 'the server could not start' >&2\n\
                   echo 'f00d: start'\necho 'exitCode==44=='\necho 'f00d: end'\nexit 44\n";
     let file = write_template(&lab, "fails", script);
-    // Plain ssh with stdin held open, as VS Code holds it after the script.
+    // Plain ssh with stdin held open, as VS Code holds it after the script
+    // (by a sleep that does not hold our stderr too: its end is awaited).
     let mut client = lab.spawn(
         Some("alice"),
         "laptop",
@@ -227,7 +242,7 @@ fn launch_script_fails_before_listening() {
             "bash",
             "-c",
             &format!(
-                "ssh -F .ssh/vscode-slurm.config cluster-vscode < <(cat {file}; sleep 60); echo \"ssh-exited $?\""
+                "ssh -F .ssh/vscode-slurm.config cluster-vscode < <(cat {file}; sleep 60 2>/dev/null); echo \"ssh-exited $?\""
             ),
         ],
     );
@@ -253,26 +268,11 @@ fn write_template(lab: &Lab, name: &str, text: &str) -> String {
 #[test]
 fn user_gives_up_while_the_job_is_pending() {
     let lab = Lab::get();
-    let blocker = lab.sh_ok(Some("bob"), "login", "sbatch --parsable -N2 --exclusive --wrap 'sleep 600'");
-    let blocker = blocker.trim().to_owned();
-    wait_until(
-        "bob's job to take both nodes",
-        Duration::from_secs(20),
-        || lab.sh_ok(None, "login", &format!("squeue -h -j {blocker} -o %T")),
-        |state| state.trim() == "RUNNING",
-    );
-    let mut client = lab.spawn(
-        Some("alice"),
-        "laptop",
-        &[
-            "remote-ssh-client",
-            "--host",
-            "cluster-vscode",
-            "--ssh-config",
-            ".ssh/vscode-slurm.config",
-            "--ssh-option",
-            "RemoteCommand=vscode-shim --poll-interval 1 --log-file /tmp/fault-pending-%p.log -- --time=10",
-        ],
+    // Takes both nodes.
+    let blocker = lab.running_batch_job("bob", "-N2 --exclusive --wrap 'sleep 600'", Duration::from_secs(20));
+    let mut client = client_running(
+        &lab,
+        "vscode-shim --poll-interval 1 --log-file /tmp/fault-pending-%p.log -- --time=10",
     );
     // The user sees why it waits, in VS Code's log.
     wait_until(
@@ -284,36 +284,17 @@ fn user_gives_up_while_the_job_is_pending() {
     let job: u32 =
         lab.sh_ok(None, "login", "squeue -h -u alice -o %i").trim().parse().expect("alice's job id");
     // Closing VS Code: ssh ends cleanly.
-    lab.sh_ok(None, "laptop", "pkill -TERM -u alice -x ssh");
-    wait_until(
-        "the pending job to be cancelled",
-        SHIM_EXIT,
-        || lab.sh_ok(None, "login", "squeue -h -u alice -o %i"),
-        |queue| queue.trim().is_empty(),
-    );
+    end_ssh_until_gone(&lab, "TERM", "the pending job to be cancelled", "squeue -h -u alice -o %i");
     let log = shim_log(&lab, "pending");
     assert!(log.contains(&format!("job {job} was still pending and was cancelled")), "shim log: {log}");
-    lab.sh_ok(None, "login", &format!("scancel {blocker}"));
     assert_nothing_left(&lab, "alice", job, LEFTOVERS);
-    assert_nothing_left(&lab, "bob", blocker.parse().unwrap(), LEFTOVERS);
+    cancel_batch_job(&lab, "bob", blocker, LEFTOVERS);
 }
 
 #[test]
 fn invalid_salloc_argument() {
     let lab = Lab::get();
-    let mut client = lab.spawn(
-        Some("alice"),
-        "laptop",
-        &[
-            "remote-ssh-client",
-            "--host",
-            "cluster-vscode",
-            "--ssh-config",
-            ".ssh/vscode-slurm.config",
-            "--ssh-option",
-            "RemoteCommand=vscode-shim -- --partition=nope",
-        ],
-    );
+    let mut client = client_running(&lab, "vscode-shim -- --partition=nope");
     let code = ssh_exit(&mut client, SHIM_EXIT);
     assert_eq!(code, 1);
     assert_one_line(&mut client, &["sbatch could not submit the job", "partition", "RemoteCommand"]);
@@ -323,22 +304,17 @@ fn invalid_salloc_argument() {
 #[test]
 fn server_dies_while_vscode_keeps_connecting() {
     let lab = Lab::get();
-    let mut session = open(&lab, "server-died", "--time=10", None);
-    let job = session.job_id();
-    let node = session.node();
-    let server = session.field("pid");
-    lab.sh_ok(None, &node, &format!("kill -KILL {server}"));
-    fault_ends_the_shim(&mut session.client, |client| {
+    let session = open(&lab, "server-died", "--time=10");
+    lab.sh_ok(None, &session.node(), &format!("kill -KILL {}", session.field("pid")));
+    fault_ends_the_session(&lab, session, &["server", "refused", "reconnect"], |client| {
         client.send("get");
     });
-    assert_one_line(&mut session.client, &["server", "refused", &format!("job {job}"), "reconnect"]);
-    assert_nothing_left(&lab, "alice", job, LEFTOVERS);
 }
 
 #[test]
 fn epilog_ends_only_the_jobs_own_processes() {
     let lab = Lab::get();
-    let session = open(&lab, "epilog-safety", "--time=10", None);
+    let session = open(&lab, "epilog-safety", "--time=10");
     let job = session.job_id();
     let node = session.node();
     // bob forges alice's job id; root runs something with it too.

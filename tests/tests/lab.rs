@@ -86,14 +86,7 @@ fn job_fed_through_stdin_runs_on_a_compute_node() {
 #[test]
 fn sbatch_and_scancel_work_and_the_epilog_runs_for_every_job() {
     let lab = Lab::get();
-    let submit = lab.sh_ok(Some("alice"), "login", "sbatch --parsable --wrap 'sleep 300'");
-    let long_job: u32 = submit.trim().parse().expect("job id from sbatch --parsable");
-    wait_until(
-        "the batch job to run",
-        Duration::from_secs(20),
-        || lab.sh_ok(Some("alice"), "login", &format!("squeue -h -j {long_job} -o %T")),
-        |state| state.trim() == "RUNNING",
-    );
+    let long_job = lab.running_batch_job("alice", "--wrap 'sleep 300'", Duration::from_secs(20));
     lab.sh_ok(Some("alice"), "login", &format!("scancel {long_job}"));
     wait_until(
         "the cancelled job to leave the queue",

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use vscode_slurm_tests::session::{assert_nothing_left, Session, SessionOptions};
-use vscode_slurm_tests::{release_binary, stderr_of, stdout_of, Lab};
+use vscode_slurm_tests::{release_binary, stderr_of, stdout_of, Lab, TempDir};
 
 const DEB_PLUGIN: &str = "/usr/lib/x86_64-linux-gnu/slurm-wlm/spank_vscode.so";
 const RPM_PLUGIN: &str = "/usr/lib64/slurm/spank_vscode.so";
@@ -38,6 +38,11 @@ fn packaging_build(args: &[&str]) -> Output {
         .env("CARGO_TARGET_DIR", target_dir())
         .output()
         .expect("run packaging/build")
+}
+
+/// Fails with all that `what` printed when it did not succeed.
+fn assert_succeeded(out: &Output, what: &str) {
+    assert!(out.status.success(), "{what} failed ({}):\n{}{}", out.status, stdout_of(out), stderr_of(out));
 }
 
 fn run(program: &str, args: &[&str]) -> String {
@@ -73,13 +78,7 @@ fn packages() -> &'static Packages {
     static PACKAGES: OnceLock<Packages> = OnceLock::new();
     PACKAGES.get_or_init(|| {
         let out = packaging_build(&[]);
-        assert!(
-            out.status.success(),
-            "packaging/build failed ({}):\n{}{}",
-            out.status,
-            stdout_of(&out),
-            stderr_of(&out)
-        );
+        assert_succeeded(&out, "packaging/build");
         let name = format!("vscode-slurm-slurm{}", header_release());
         let version = env!("CARGO_PKG_VERSION");
         let dir = target_dir().join("packages");
@@ -235,13 +234,7 @@ impl Installed {
             .env("DEBIAN_FRONTEND", "noninteractive")
             .output()
             .expect("dpkg -i");
-        assert!(
-            out.status.success(),
-            "dpkg -i failed ({}):\n{}{}",
-            out.status,
-            stdout_of(&out),
-            stderr_of(&out)
-        );
+        assert_succeeded(&out, "dpkg -i");
         installed
     }
 }
@@ -348,24 +341,6 @@ fn the_installed_deb_runs_a_session_from_installed_files_only() {
     drop(installed);
     for path in [DEB_PLUGIN, "/usr/bin/vscode-shim", "/etc/slurm/plugstack.conf.d/vscode.conf"] {
         assert!(!Path::new(path).exists(), "{path} is still there after dpkg --purge");
-    }
-}
-
-/// A directory of the test's own under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("vscode-slurm-{what}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 

@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use vscode_slurm_tests::session::{assert_nothing_left, dump, json_field, Session, SessionOptions};
+use vscode_slurm_tests::session::{
+    assert_nothing_left, cancel_batch_job, dump, json_field, Session, SessionOptions,
+};
 use vscode_slurm_tests::{wait_until, Lab};
 
 const REUSE: &str = include_str!("../scripts/reuse.sh");
@@ -120,26 +122,18 @@ fn two_windows_share_one_job_and_closing_one_keeps_the_other() {
 #[test]
 fn another_users_job_of_the_same_profile_is_never_joined() {
     let lab = Lab::get();
-    let bobs = lab.sh_ok(
-        Some("bob"),
-        "login",
-        "sbatch --parsable --job-name=vscode:shared --time=5 --wrap 'sleep 300'",
-    );
-    let bobs: u32 = bobs.trim().parse().expect("bob's job id");
-    wait_until(
-        "bob's job to run",
+    let bobs = lab.running_batch_job(
+        "bob",
+        "--job-name=vscode:shared --time=5 --wrap 'sleep 300'",
         Duration::from_secs(30),
-        || lab.sh_ok(None, "login", &format!("squeue -h -j {bobs} -o %T")),
-        |state| state.trim() == "RUNNING",
     );
     let alices = open(&lab, "alice", "vscode-shim --profile shared -- --time=10", &[]);
     assert_ne!(alices.job_id(), bobs, "alice must get a job of her own");
     assert_eq!(alices.field("user"), "alice");
     let job = alices.job_id();
     alices.close();
-    lab.sh_ok(None, "login", &format!("scancel {bobs}"));
     assert_nothing_left(&lab, "alice", job, SLURM_SLACK);
-    assert_nothing_left(&lab, "bob", bobs, SLURM_SLACK);
+    cancel_batch_job(&lab, "bob", bobs, SLURM_SLACK);
 }
 
 #[test]

@@ -187,11 +187,14 @@ fn bad_shim_arguments_and_unknown_partitions_fail_with_one_line() {
     assert_eq!(err.lines().count(), 1, "not one line: {err}");
     assert!(err.starts_with("vscode-shim: ") && err.contains("--no-such-flag"), "{err}");
 
-    // Through ssh, as VS Code would start it, with stdin still open.
+    // Through ssh, as VS Code would start it, with stdin still open: held by
+    // a process substitution, which bash does not wait for as it would for
+    // a pipeline's first command, so the call returns when ssh does.
     let out = lab.sh(
         Some("alice"),
         "laptop",
-        "sleep 30 | ssh -F .ssh/vscode-slurm.config -o 'RemoteCommand=vscode-shim -- --partition=nope' cluster-vscode",
+        "ssh -F .ssh/vscode-slurm.config -o 'RemoteCommand=vscode-shim -- --partition=nope' cluster-vscode \
+         < <(sleep 30 2>/dev/null)",
     );
     assert!(!out.status.success());
     let err = stderr_of(&out);

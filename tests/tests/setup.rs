@@ -5,12 +5,12 @@
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use vscode_slurm_tests::session::{assert_nothing_left, Session, SessionOptions};
-use vscode_slurm_tests::{release_binary, stderr_of, stdout_of, Lab};
+use vscode_slurm_tests::{release_binary, stderr_of, stdout_of, Lab, RestoreFile, TempDir};
 
 /// What a user with a GPU partition and a site profile is told. Quoting
 /// (`'--comment=my project'`) and `%%` (ssh expands `%` in RemoteCommand)
@@ -77,26 +77,9 @@ fn printed_block(output: &str) -> String {
     block[..block.find("\n\n").expect("a blank line after the block") + 1].to_owned()
 }
 
-struct TempHome(PathBuf);
-
-impl TempHome {
-    fn new(what: &str) -> TempHome {
-        let dir = std::env::temp_dir().join(format!("vscode-slurm-setup-{what}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create temp home");
-        TempHome(dir)
-    }
-}
-
-impl Drop for TempHome {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn setup_prints_the_golden_output() {
-    let home = TempHome::new("golden");
+    let home = TempDir::new("setup-golden");
     let out = setup(&home.0, GOLDEN_ARGS);
     assert!(out.status.success(), "setup failed: {}", stderr_of(&out));
     let printed = stdout_of(&out);
@@ -109,7 +92,7 @@ fn setup_prints_the_golden_output() {
 
 #[test]
 fn bad_setup_arguments_get_one_line_and_write_nothing() {
-    let home = TempHome::new("bad");
+    let home = TempDir::new("setup-bad");
     for (args, wanted) in [
         (
             &["--write"][..],
@@ -150,7 +133,7 @@ fn bad_setup_arguments_get_one_line_and_write_nothing() {
 
 #[test]
 fn write_appends_the_shown_block_and_never_duplicates_an_alias() {
-    let home = TempHome::new("write");
+    let home = TempDir::new("setup-write");
     let config = home.0.join(".ssh/vscode-slurm.config");
     let args = |name: &'static str, extra: &'static str| {
         vec![
@@ -217,20 +200,6 @@ fn write_appends_the_shown_block_and_never_duplicates_an_alias() {
     );
 }
 
-/// Puts the laptop user's VS Code ssh config back when dropped.
-struct RestoreFile {
-    path: PathBuf,
-    text: Vec<u8>,
-}
-
-impl Drop for RestoreFile {
-    fn drop(&mut self) {
-        if let Err(e) = fs::write(&self.path, &self.text) {
-            eprintln!("cannot restore {}: {e}", self.path.display());
-        }
-    }
-}
-
 /// The printed block, as bob's whole VS Code ssh config on the lab's laptop:
 /// the printed check command says ok, and a Remote-SSH session runs through it.
 #[test]
@@ -239,8 +208,8 @@ fn the_printed_ssh_block_runs_a_session_in_the_lab() {
     let user = "bob";
     let laptop_home = lab.dir.join("laptop-home").join(user);
     let config = laptop_home.join(".ssh/vscode-slurm.config");
-    let _restore =
-        RestoreFile { path: config.clone(), text: fs::read(&config).expect("the lab's ssh config for bob") };
+    // The lab's own config for bob comes back however the test ends.
+    let _restore = RestoreFile::new(config.clone());
     let owner = fs::metadata(laptop_home.join(".ssh")).unwrap();
 
     // The alias Session::open connects to, the lab's login node as the laptop names it.

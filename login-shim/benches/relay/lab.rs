@@ -114,24 +114,6 @@ impl Runner for LabRunner<'_> {
     }
 }
 
-/// A lab process (the shim, the door) seen from this namespace.
-struct LabProcess {
-    pid: u32,
-    port: u16,
-}
-
-impl Relay for LabProcess {
-    fn pid(&self) -> u32 {
-        self.pid
-    }
-    fn port(&self) -> u16 {
-        self.port
-    }
-    fn forks(&self) -> bool {
-        false
-    }
-}
-
 /// Pids (as this namespace numbers them) of processes called `comm` on `host`.
 fn lab_pids(lab: &Lab, host: &str, comm: &str) -> Vec<u32> {
     let Ok(init) = fs::read_to_string(lab.dir.join("pids").join(host)) else { return vec![] };
@@ -408,8 +390,9 @@ pub fn run(cfg: &Config) -> Result<(Vec<PathReport>, Vec<SetupRun>), String> {
         .into_iter()
         .find(|&pid| procs::listens(pid, endpoint.port()))
         .ok_or_else(|| format!("no vscode-job-helper on c1 listens on {endpoint}"))?;
-    let shim = LabProcess { pid: shim_pid, port: relay_port };
-    let door = LabProcess { pid: door_pid, port: endpoint.port() };
+    // Seen from this namespace, as /proc here numbers them.
+    let shim = Relay { pid: shim_pid, port: relay_port, forks: false };
+    let door = Relay { pid: door_pid, port: endpoint.port(), forks: false };
     eprintln!(
         "lab: server {server} on c1 behind door {endpoint} (pid {door_pid}), relay port {relay_port} \
          (shim pid {shim_pid}), SOCKS port {socks}"
@@ -427,12 +410,12 @@ pub fn run(cfg: &Config) -> Result<(Vec<PathReport>, Vec<SetupRun>), String> {
 
     let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let proxy = local(socks);
-    let ways = |to: &dyn Fn(SocketAddr) -> Route| -> [Way<'_>; crate::N] {
+    let ways = |to: &dyn Fn(SocketAddr) -> Route| -> [Way; crate::N] {
         [
             Way { route: to(server), relay: None, door: None },
-            Way { route: to(local(relay_port)), relay: Some(&shim), door: Some(&door) },
-            Way { route: to(endpoint).through_door(key), relay: None, door: Some(&door) },
-            Way { route: to(local(socat_port)), relay: Some(&socat), door: None },
+            Way { route: to(local(relay_port)), relay: Some(shim), door: Some(door) },
+            Way { route: to(endpoint).through_door(key), relay: None, door: Some(door) },
+            Way { route: to(local(socat_port)), relay: Some(socat.relay), door: None },
         ]
     };
     let mut paths = Vec::new();
@@ -440,7 +423,7 @@ pub fn run(cfg: &Config) -> Result<(Vec<PathReport>, Vec<SetupRun>), String> {
     let on_login = LabRunner { lab: &lab, host: "login", exe: exe.clone() };
     let measured = crate::measure(cfg, &on_login, ways(&Route::tcp), "lab login→c1");
     eprintln!("lab: footprint with {} idle connections over {:?}", cfg.hold_conns, cfg.idle);
-    let footprint = crate::footprint(cfg, &shim, &door, &socat, |port| {
+    let footprint = crate::footprint(cfg, shim, door, socat.relay, |port| {
         let route = Route::tcp(local(port)).to_arg();
         let count = cfg.hold_conns.to_string();
         let argv =

@@ -111,13 +111,13 @@ impl Runner for Local {
 /// One variant's way to the server, and the processes on it whose CPU the
 /// benchmark charges to it: a relay (the shim, socat) and the door.
 #[derive(Clone, Copy)]
-pub struct Way<'a> {
+pub struct Way {
     pub route: Route,
-    pub relay: Option<&'a dyn Relay>,
-    pub door: Option<&'a dyn Relay>,
+    pub relay: Option<Relay>,
+    pub door: Option<Relay>,
 }
 
-impl Way<'_> {
+impl Way {
     fn ticks(&self) -> (u64, u64) {
         (self.relay.map_or(0, |r| r.ticks()), self.door.map_or(0, |d| d.ticks()))
     }
@@ -142,7 +142,7 @@ impl Way<'_> {
 /// Every test, every repetition, the variants back to back (in an order
 /// that rotates each repetition), so that whatever else the machine is
 /// doing falls on all of them alike.
-pub fn measure(cfg: &Config, runner: &dyn Runner, ways: [Way<'_>; N], label: &str) -> [Measured; N] {
+pub fn measure(cfg: &Config, runner: &dyn Runner, ways: [Way; N], label: &str) -> [Measured; N] {
     let mut out: [Measured; N] = Default::default();
     let pings_per_series = cfg.pings.div_ceil(cfg.reps * PING_SERIES_PER_REP);
     let connects_per_rep = cfg.connects.div_ceil(cfg.reps);
@@ -223,19 +223,22 @@ pub const N: usize = VARIANTS.len();
 /// them open until the returned guard is dropped.
 pub fn footprint<G>(
     cfg: &Config,
-    shim: &dyn Relay,
-    door: &dyn Relay,
-    socat: &dyn Relay,
+    shim: Relay,
+    door: Relay,
+    socat: Relay,
     mut hold: impl FnMut(u16) -> io::Result<G>,
 ) -> io::Result<Footprint> {
     let (shim_rss_empty, door_rss_empty) = (shim.rss_kib(), door.rss_kib());
-    let held_shim = hold(shim.port())?;
-    let held_socat = hold(socat.port())?;
-    // Let everything the set-up woke settle before counting.
+    let held_shim = hold(shim.port)?;
+    let held_socat = hold(socat.port)?;
+    // The measurement is of processes at rest: what the set-up woke (in
+    // the kernel, the allocators, socat's forks) is given a moment to quiet.
+    // allow-sleep: a pause that is part of the measurement; nothing announces quiet
     thread::sleep(Duration::from_millis(500));
     let (shim_rss, door_rss) = (shim.rss_kib(), door.rss_kib());
     let (socat_rss, socat_processes) = (socat.rss_kib(), socat.processes());
     let (shim_before, door_before, socat_before) = (shim.ticks(), door.ticks(), socat.ticks());
+    // allow-sleep: the idle period is the workload; its CPU is what is measured.
     thread::sleep(cfg.idle);
     let (shim_after, door_after, socat_after) = (shim.ticks(), door.ticks(), socat.ticks());
     drop((held_shim, held_socat));
@@ -257,17 +260,18 @@ pub fn footprint<G>(
 }
 
 /// The four ways to the loopback server of `session`.
-fn loopback_ways<'a>(server: SocketAddr, session: &'a LocalSession, socat: &'a Socat) -> [Way<'a>; N] {
+fn loopback_ways(server: SocketAddr, session: &LocalSession, socat: &Socat) -> [Way; N] {
     let local = |port| Route::tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    let (shim, door) = (session.shim.relay, session.door.relay);
     [
         Way { route: Route::tcp(server), relay: None, door: None },
-        Way { route: local(session.shim.port()), relay: Some(&session.shim), door: Some(&session.door) },
+        Way { route: local(shim.port), relay: Some(shim), door: Some(door) },
         Way {
             route: Route::tcp(session.door.endpoint).through_door(session.key),
             relay: None,
-            door: Some(&session.door),
+            door: Some(door),
         },
-        Way { route: local(socat.port()), relay: Some(socat), door: None },
+        Way { route: local(socat.relay.port), relay: Some(socat.relay), door: None },
     ]
 }
 
@@ -280,8 +284,10 @@ fn loopback(cfg: &Config) -> io::Result<PathReport> {
     let measured = measure(cfg, &Local, ways, "loopback");
     let shim_rss_after_load = {
         let _held = work::hold(ways[1].route, cfg.hold_conns)?;
+        // The memory is read once the connections' set-up has gone quiet.
+        // allow-sleep: a pause that is part of the measurement, as in `footprint`
         thread::sleep(Duration::from_millis(200));
-        session.shim.rss_kib()
+        session.shim.relay.rss_kib()
     };
     drop((session, socat));
 
@@ -291,8 +297,9 @@ fn loopback(cfg: &Config) -> io::Result<PathReport> {
     eprintln!("loopback: footprint with {} idle connections over {:?}", cfg.hold_conns, cfg.idle);
     let (session, socat) = (LocalSession::start(server)?, Socat::local(server)?);
     let local = |port| Route::tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
-    let mut footprint =
-        footprint(cfg, &session.shim, &session.door, &socat, |port| work::hold(local(port), cfg.hold_conns))?;
+    let mut footprint = footprint(cfg, session.shim.relay, session.door.relay, socat.relay, |port| {
+        work::hold(local(port), cfg.hold_conns)
+    })?;
     footprint.shim_rss_after_load_kib = Some(shim_rss_after_load);
     Ok(PathReport {
         name: "loopback".into(),

@@ -5,6 +5,7 @@
 use std::fs;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use vscode_slurm_protocol::door::DoorKey;
 use vscode_slurm_protocol::{env, ControlMessage, Nonce};
+use vscode_slurm_tests::events;
 
 /// Plays salloc and srun for the shim. What the shim gives the job step in
 /// its environment (nonce, door key, relay port) goes to the benchmark over
@@ -100,6 +102,8 @@ impl Handoff {
         let _ = fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+        // Never blocks: `serve` accepts once a call is waiting, and a caller
+        // that gave up meanwhile leaves an error, not a hang.
         listener.set_nonblocking(true)?;
         Ok(Handoff { listener, path })
     }
@@ -116,21 +120,10 @@ impl Handoff {
         wait: Duration,
         start_door: impl FnOnce(&StepEnv) -> io::Result<(T, String)>,
     ) -> io::Result<(StepEnv, T)> {
-        let deadline = Instant::now() + wait;
-        let stream = loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => break stream,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                    thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(io::Error::other(format!(
-                        "the stand-in salloc did not call within {wait:?}"
-                    )));
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        if !events::readable_within(self.listener.as_fd(), Some(wait))? {
+            return Err(io::Error::other(format!("the stand-in salloc did not call within {wait:?}")));
+        }
+        let (stream, _) = self.listener.accept()?;
         stream.set_nonblocking(false)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut line = String::new();
@@ -173,6 +166,7 @@ pub struct Door {
     child: Child,
     stdin: Option<ChildStdin>,
     pub endpoint: SocketAddr,
+    pub relay: Relay,
 }
 
 impl Door {
@@ -198,7 +192,8 @@ impl Door {
                 let _ = tx.send(line);
             }
         });
-        let mut door = Door { child, stdin, endpoint: SocketAddr::from(([0, 0, 0, 0], 0)) };
+        let relay = Relay { pid: child.id(), port: 0, forks: false };
+        let mut door = Door { child, stdin, endpoint: SocketAddr::from(([0, 0, 0, 0], 0)), relay };
         let line = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
             io::Error::other(format!(
                 "the door printed no endpoint line: {}",
@@ -206,19 +201,8 @@ impl Door {
             ))
         })?;
         door.endpoint = step.endpoint_of(&line)?;
+        door.relay.port = door.endpoint.port();
         Ok((door, line))
-    }
-}
-
-impl Relay for Door {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-    fn port(&self) -> u16 {
-        self.endpoint.port()
-    }
-    fn forks(&self) -> bool {
-        false
     }
 }
 
@@ -230,20 +214,10 @@ impl Drop for Door {
 }
 
 /// Closes `stdin` (how both the shim and the door learn their session is
-/// over), gives `child` `within` to leave by itself, then kills it. There is
-/// no event for another process's exit short of waiting on it, so the wait
-/// is a bounded poll.
+/// over), gives `child` `within` to leave by itself, then kills it.
 fn end_by_closing_stdin(child: &mut Child, stdin: Option<ChildStdin>, within: Duration) {
     drop(stdin);
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    events::exit_or_kill(child, within);
 }
 
 pub fn clock_ticks_per_second() -> f64 {
@@ -316,21 +290,25 @@ pub fn vm_rss_kib(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("no VmRSS"))
 }
 
-/// A relay process whose CPU the benchmark charges to it.
-pub trait Relay {
-    fn pid(&self) -> u32;
-    fn port(&self) -> u16;
+/// A relay process (the shim, the door, socat) as /proc shows it: the
+/// benchmark charges its CPU and memory to the variants that pass it.
+#[derive(Debug, Clone, Copy)]
+pub struct Relay {
+    pub pid: u32,
+    pub port: u16,
     /// Forking relays (socat) count their children, live and reaped.
-    fn forks(&self) -> bool;
+    pub forks: bool,
+}
 
+impl Relay {
     /// CPU ticks used so far. For a forking relay, the parent's own and
     /// reaped children's plus those of children still running.
-    fn ticks(&self) -> u64 {
-        let own = cpu_ticks(self.pid()).map_or(0, |t| t.iter().sum());
-        if !self.forks() {
+    pub fn ticks(&self) -> u64 {
+        let own = cpu_ticks(self.pid).map_or(0, |t| t.iter().sum());
+        if !self.forks {
             return own;
         }
-        own + children_of(self.pid())
+        own + children_of(self.pid)
             .into_iter()
             .filter_map(|c| cpu_ticks(c).ok())
             .map(|t| t.iter().sum::<u64>())
@@ -339,28 +317,30 @@ pub trait Relay {
 
     /// Waits (bounded) until a forking relay has reaped every child, so
     /// their time is in its counters.
-    fn settle(&self) {
-        if !self.forks() {
+    pub fn settle(&self) {
+        if !self.forks {
             return;
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !children_of(self.pid()).is_empty() && Instant::now() < deadline {
+        while !children_of(self.pid).is_empty() && Instant::now() < deadline {
+            // A pidfd tells of a child's exit, not of its parent reaping it.
+            // allow-sleep: another process's reaping of its children announces nothing
             thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Resident memory, summed over a forking relay's processes.
-    fn rss_kib(&self) -> u64 {
-        let own = vm_rss_kib(self.pid()).unwrap_or(0);
-        if !self.forks() {
+    pub fn rss_kib(&self) -> u64 {
+        let own = vm_rss_kib(self.pid).unwrap_or(0);
+        if !self.forks {
             return own;
         }
-        own + children_of(self.pid()).into_iter().filter_map(|c| vm_rss_kib(c).ok()).sum::<u64>()
+        own + children_of(self.pid).into_iter().filter_map(|c| vm_rss_kib(c).ok()).sum::<u64>()
     }
 
-    fn processes(&self) -> usize {
-        if self.forks() {
-            1 + children_of(self.pid()).len()
+    pub fn processes(&self) -> usize {
+        if self.forks {
+            1 + children_of(self.pid).len()
         } else {
             1
         }
@@ -372,8 +352,8 @@ pub trait Relay {
 pub struct Shim {
     child: Child,
     stdin: Option<ChildStdin>,
-    port: u16,
     dir: PathBuf,
+    pub relay: Relay,
 }
 
 /// A loopback session: the shim, the door it reaches the server through,
@@ -407,7 +387,8 @@ impl LocalSession {
             .spawn()?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
-        let mut shim = Shim { child, stdin, port: 0, dir: dir.clone() };
+        let relay = Relay { pid: child.id(), port: 0, forks: false };
+        let mut shim = Shim { child, stdin, dir: dir.clone(), relay };
         if let Some(stdin) = shim.stdin.as_mut() {
             stdin.write_all(LOOPBACK_LAUNCH.as_bytes())?;
             stdin.flush()?;
@@ -424,7 +405,7 @@ impl LocalSession {
         let (step, door) = handoff
             .serve(Duration::from_secs(10), |step| Door::local(step, target, &dir.join("door-stderr")))
             .map_err(|e| io::Error::other(format!("{e}; the shim said: {}", shim_log().trim())))?;
-        shim.port = loop {
+        shim.relay.port = loop {
             match rx.recv_timeout(Duration::from_secs(10)) {
                 Ok(line) => {
                     if let Some(port) = line.strip_prefix("listeningOn==").and_then(|r| r.strip_suffix("=="))
@@ -439,18 +420,6 @@ impl LocalSession {
     }
 }
 
-impl Relay for Shim {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-    fn port(&self) -> u16 {
-        self.port
-    }
-    fn forks(&self) -> bool {
-        false
-    }
-}
-
 impl Drop for Shim {
     fn drop(&mut self) {
         // Closing stdin ends the session the way VS Code does.
@@ -462,10 +431,9 @@ impl Drop for Shim {
 /// socat as the issue names it: a process per connection, backlog 1024.
 pub struct Socat {
     child: Child,
-    port: u16,
     /// The listening socat as this process sees it (not `child` when it
     /// runs through `labctl exec`).
-    pid: u32,
+    pub relay: Relay,
 }
 
 impl Socat {
@@ -483,12 +451,15 @@ impl Socat {
                 return Err(io::Error::other(format!("socat exited ({status}): {err}")));
             }
             if let Some(pid) = find(&child).into_iter().find(|&p| listens(p, port)) {
-                return Ok(Socat { child, port, pid });
+                return Ok(Socat { child, relay: Relay { pid, port, forks: true } });
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
                 return Err(io::Error::other("socat did not start listening"));
             }
+            // A probing connection would be served by a fork of socat's, and
+            // counted against it.
+            // allow-sleep: another process (perhaps on a lab host) starting to listen announces nothing
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -529,22 +500,10 @@ pub fn listens(pid: u32, port: u16) -> bool {
     })
 }
 
-impl Relay for Socat {
-    fn pid(&self) -> u32 {
-        self.pid
-    }
-    fn port(&self) -> u16 {
-        self.port
-    }
-    fn forks(&self) -> bool {
-        true
-    }
-}
-
 impl Drop for Socat {
     fn drop(&mut self) {
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::unistd::Pid::from_raw(self.relay.pid as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
         let _ = self.child.kill();

@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use vscode_slurm_tests::json_string;
+
 use crate::{Config, N};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,25 +208,6 @@ pub struct Verdict {
 }
 
 const RSS_TARGET_KIB: f64 = 3.0 * 1024.0;
-
-/// A JSON string literal.
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
 
 fn fmt_opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map_or_else(|| "n/a".to_owned(), f)
@@ -575,8 +558,8 @@ impl Report {
                 j,
                 "{}\n    {{\"name\": {}, \"description\": {}, \"variants\": {{",
                 if i > 0 { "," } else { "" },
-                json_str(&path.name),
-                json_str(&path.description)
+                json_string(&path.name),
+                json_string(&path.description)
             );
             let d = &path.measured[0];
             for (k, (v, m)) in VARIANTS.iter().zip(&path.measured).enumerate() {
@@ -593,8 +576,8 @@ impl Report {
                      \"rtt_samples\": {}, \"burst_seconds_median\": {}, \"burst_ratio\": {}, \"burst_seconds\": {:?}, \
                      \"burst_errors\": {}, \"bulk_machine_busy_cpu_s\": {}, \"burst_machine_busy_cpu_s\": {}, \"errors\": [{}]}}",
                     if k > 0 { "," } else { "" },
-                    json_str(v.key()),
-                    json_str(v.name()),
+                    json_string(v.key()),
+                    json_string(v.name()),
                     num(m.bulk_gbps(bytes)),
                     num(ratio(m.bulk_gbps(bytes), d.bulk_gbps(bytes))),
                     m.bulk_secs,
@@ -616,7 +599,7 @@ impl Report {
                     m.burst_errors,
                     num(m.bulk_machine_median()),
                     num(m.burst_machine_median()),
-                    m.errors.iter().map(|e| json_str(e)).collect::<Vec<_>>().join(", ")
+                    m.errors.iter().map(|e| json_string(e)).collect::<Vec<_>>().join(", ")
                 );
             }
             let _ = write!(j, "\n    }}");
@@ -650,10 +633,10 @@ impl Report {
                 j,
                 "{}\n    {{\"target\": {}, \"measured\": {}, \"met\": {}, \"note\": {}}}",
                 if i > 0 { "," } else { "" },
-                json_str(v.target),
-                json_str(&v.measured),
+                json_string(v.target),
+                json_string(&v.measured),
                 v.outcome.is_ok(),
-                json_str(v.outcome.as_ref().err().map_or("", String::as_str))
+                json_string(v.outcome.as_ref().err().map_or("", String::as_str))
             );
         }
         let _ = write!(j, "\n  ],\n  \"setup_ms\": [");
@@ -672,7 +655,7 @@ impl Report {
         let _ = write!(
             j,
             "\n  ],\n  \"lab_error\": {}\n}}\n",
-            self.lab_error.as_ref().map_or_else(|| "null".to_owned(), |e| json_str(e))
+            self.lab_error.as_ref().map_or_else(|| "null".to_owned(), |e| json_string(e))
         );
         j
     }
@@ -722,44 +705,30 @@ mod chart {
         errors: [usize; N],
     }
 
+    const HIGHER: &str = "higher is better";
+    const LOWER: &str = "lower is better";
+
+    /// A metric without failed connections to show.
+    fn metric(
+        name: &'static str,
+        better: &'static str,
+        values: [Option<f64>; N],
+        show: fn(f64) -> String,
+    ) -> Metric {
+        Metric { name, better, values, show, errors: [0; N] }
+    }
+
     fn metrics(report: &Report, m: &[Measured; N]) -> Vec<Metric> {
         let bytes = report.cfg.bulk_bytes;
         let each = |f: &dyn Fn(&Measured) -> Option<f64>| std::array::from_fn(|k| f(&m[k]));
         vec![
+            metric("bulk throughput", HIGHER, each(&|x| x.bulk_gbps(bytes)), |v| format!("{v:.2} GB/s")),
+            metric("round trip p50", LOWER, each(&|x| x.p50_us()), |v| format!("{v:.1} µs")),
+            metric("round trip p99", LOWER, each(&|x| x.p99_us()), |v| format!("{v:.1} µs")),
+            metric("connection set-up p50", LOWER, each(&|x| x.setup_p50_us()), |v| format!("{v:.0} µs")),
             Metric {
-                name: "bulk throughput",
-                better: "higher is better",
-                values: each(&|x| x.bulk_gbps(bytes)),
-                show: |v| format!("{v:.2} GB/s"),
-                errors: [0; N],
-            },
-            Metric {
-                name: "round trip p50",
-                better: "lower is better",
-                values: each(&|x| x.p50_us()),
-                show: |v| format!("{v:.1} µs"),
-                errors: [0; N],
-            },
-            Metric {
-                name: "round trip p99",
-                better: "lower is better",
-                values: each(&|x| x.p99_us()),
-                show: |v| format!("{v:.1} µs"),
-                errors: [0; N],
-            },
-            Metric {
-                name: "connection set-up p50",
-                better: "lower is better",
-                values: each(&|x| x.setup_p50_us()),
-                show: |v| format!("{v:.0} µs"),
-                errors: [0; N],
-            },
-            Metric {
-                name: "200-connection burst",
-                better: "lower is better",
-                values: each(&|x| x.burst_median()),
-                show: |v| format!("{v:.3} s"),
                 errors: std::array::from_fn(|k| m[k].burst_errors),
+                ..metric("200-connection burst", LOWER, each(&|x| x.burst_median()), |v| format!("{v:.3} s"))
             },
         ]
     }

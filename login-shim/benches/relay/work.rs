@@ -157,6 +157,7 @@ pub fn serve(listener: TcpListener) {
             let _ = serve_one(stream);
         });
         if spawned.is_err() {
+            // allow-sleep: nothing announces that threads can be made again
             thread::sleep(Duration::from_millis(10));
         }
     }
@@ -238,26 +239,14 @@ pub fn bulk(route: Route, bytes: u64) -> io::Result<Duration> {
 pub fn ping_pong(route: Route, count: usize) -> io::Result<Vec<u64>> {
     let mut s = route.connect()?;
     s.write_all(&[ECHO])?;
-    let mut samples = Vec::with_capacity(count);
     let mut msg = [0u8; PING];
     let mut back = [0u8; PING];
-    for i in 0..count + WARM_UP {
+    let samples = timed_after_warm_up(count, WARM_UP, |i| {
         msg[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        let started = Instant::now();
-        s.write_all(&msg)?;
-        s.read_exact(&mut back)?;
-        let took = started.elapsed();
-        if back != msg {
-            return Err(io::Error::other("the echo differs"));
-        }
-        if i >= WARM_UP {
-            samples.push(took.as_nanos() as u64);
-        }
-    }
+        round_trip(&mut s, &msg, &mut back)
+    })?;
     // A clean end, so a forking relay's child is gone when we return.
-    s.shutdown(Shutdown::Write)?;
-    let mut rest = [0u8; 16];
-    while s.read(&mut rest)? > 0 {}
+    end_cleanly(&mut s)?;
     Ok(samples)
 }
 
@@ -270,27 +259,56 @@ pub const SETUP_WARM_UP: usize = 5;
 /// costs before it carries anything. Each is closed cleanly (untimed)
 /// before the next. Samples in nanoseconds.
 pub fn setup(route: Route, count: usize) -> io::Result<Vec<u64>> {
-    let mut samples = Vec::with_capacity(count);
     let mut first = [9u8; 1 + PING];
     first[0] = ECHO;
     let mut back = [0u8; PING];
-    for i in 0..count + SETUP_WARM_UP {
+    timed_after_warm_up(count, SETUP_WARM_UP, |_| {
         let started = Instant::now();
         let mut s = route.connect()?;
-        s.write_all(&first)?;
-        s.read_exact(&mut back)?;
-        let took = started.elapsed();
-        if back[..] != first[1..] {
-            return Err(io::Error::other("the echo differs"));
-        }
-        if i >= SETUP_WARM_UP {
+        let connected = started.elapsed();
+        let took = connected + round_trip(&mut s, &first, &mut back)?;
+        end_cleanly(&mut s)?;
+        Ok(took)
+    })
+}
+
+/// Runs `timed` `warm_up + count` times; the durations of the last
+/// `count`, in nanoseconds.
+fn timed_after_warm_up(
+    count: usize,
+    warm_up: usize,
+    mut timed: impl FnMut(usize) -> io::Result<Duration>,
+) -> io::Result<Vec<u64>> {
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..count + warm_up {
+        let took = timed(i)?;
+        if i >= warm_up {
             samples.push(took.as_nanos() as u64);
         }
-        s.shutdown(Shutdown::Write)?;
-        let mut rest = [0u8; 16];
-        while s.read(&mut rest)? > 0 {}
     }
     Ok(samples)
+}
+
+/// Writes `msg` and reads the echo of its last `back.len()` bytes (a first
+/// byte may be the one that picks the echo): the time that took, checked
+/// afterwards.
+fn round_trip(s: &mut TcpStream, msg: &[u8], back: &mut [u8]) -> io::Result<Duration> {
+    let started = Instant::now();
+    s.write_all(msg)?;
+    s.read_exact(back)?;
+    let took = started.elapsed();
+    if back[..] != msg[msg.len() - back.len()..] {
+        return Err(io::Error::other("the echo differs"));
+    }
+    Ok(took)
+}
+
+/// Half-closes and reads to the far end's close.
+fn end_cleanly(s: &mut TcpStream) -> io::Result<()> {
+    s.shutdown(Shutdown::Write)?;
+    let mut rest = [0u8; 16];
+    while s.read(&mut rest)? > 0 {}
+    Ok(())
 }
 
 /// `conns` connections opened at once, each doing `rounds` ping-pongs:
@@ -340,11 +358,7 @@ fn one_burst_connection(route: Route, rounds: usize) -> io::Result<()> {
     let mut back = [0u8; PING];
     for i in 0..rounds {
         msg[0] = i as u8;
-        s.write_all(&msg)?;
-        s.read_exact(&mut back)?;
-        if back != msg {
-            return Err(io::Error::other("the echo differs"));
-        }
+        round_trip(&mut s, &msg, &mut back)?;
     }
     s.shutdown(Shutdown::Write)?;
     let mut rest = [0u8; 1];

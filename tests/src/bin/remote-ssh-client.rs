@@ -13,11 +13,14 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{exit, Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use vscode_slurm_tests::events::{pidfd, readable_within};
 
 /// A fake commit: the templates install the test server under it, as Remote-SSH does per commit.
 const COMMIT: &str = "0000000000000000000000000000000000test";
@@ -29,8 +32,6 @@ const SOCKET_TEMPLATE: &str = include_str!("../../scripts/socket.sh");
 /// instead of hanging it.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 const SOCKS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often ssh is checked for having exited while nothing else happens.
-const TICK: Duration = Duration::from_millis(100);
 
 fn usage() -> &'static str {
     "usage: remote-ssh-client --host ALIAS [--mode legacy|exec-server|socket] [--template FILE] \
@@ -276,6 +277,8 @@ enum Event {
     StdoutClosed,
     Command(String),
     CommandsClosed,
+    /// ssh has exited (it is not reaped yet).
+    SshExited,
 }
 
 /// Forwards ssh's stdout line by line; the keep-alive spaces never end a line, so they only
@@ -326,12 +329,13 @@ impl Session {
     /// Next event within `wait`, with ssh's lines already echoed. Ends the process if ssh has
     /// exited on its own: the session is then gone, whatever phase we are in.
     fn poll(&mut self, wait: Duration) -> Option<Event> {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            self.drain_output(Duration::from_secs(2));
-            say(&format!("ssh-exited {}", exit_code(status)));
-            exit(1);
-        }
         match self.events.recv_timeout(wait) {
+            Ok(Event::SshExited) => {
+                let status = self.reap();
+                self.drain_output(Duration::from_secs(2));
+                say(&format!("ssh-exited {}", exit_code(status)));
+                exit(1);
+            }
             Ok(Event::Line(l)) => {
                 say(&format!("out: {l}"));
                 Some(Event::Line(l))
@@ -368,25 +372,26 @@ impl Session {
         drop(self.stdin.take());
         let deadline = Instant::now() + limit;
         loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => {
-                    self.drain_output(Duration::from_secs(2));
-                    return status;
-                }
-                Ok(None) if Instant::now() < deadline => {}
-                _ => {
-                    let _ = self.child.kill();
-                    let status = self.child.wait();
-                    self.drain_output(Duration::from_secs(2));
-                    return status.unwrap_or_else(|_| ExitStatus::from_raw(255 << 8));
-                }
-            }
-            match self.events.recv_timeout(TICK) {
+            match self.events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Event::SshExited) => break,
                 Ok(Event::Line(l)) => say(&format!("out: {l}")),
                 Ok(Event::StdoutClosed) => self.stdout_open = false,
-                _ => {}
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = self.child.kill();
+                    break;
+                }
             }
         }
+        let status = self.reap();
+        self.drain_output(Duration::from_secs(2));
+        status
+    }
+
+    /// The status of an ssh that has exited or been killed; 255, ssh's own failure code, when
+    /// there is none to be had.
+    fn reap(&mut self) -> ExitStatus {
+        self.child.wait().unwrap_or_else(|_| ExitStatus::from_raw(255 << 8))
     }
 
     fn fail(&mut self, msg: &str) -> ! {
@@ -408,7 +413,7 @@ impl Session {
             if now >= deadline {
                 self.fail("timeout waiting for the launch script");
             }
-            let Some(Event::Line(line)) = self.poll((deadline - now).min(TICK)) else { continue };
+            let Some(Event::Line(line)) = self.poll(deadline - now) else { continue };
             let line = line.trim();
             if line == start_marker {
                 in_block = true;
@@ -446,7 +451,8 @@ impl Session {
         let tx = self.tx.clone();
         thread::spawn(move || read_commands(tx));
         loop {
-            let command = match self.poll(TICK) {
+            // Commands, ssh's lines and its exit all arrive as events: nothing else to wait for.
+            let command = match self.poll(Duration::MAX) {
                 Some(Event::Command(c)) => c,
                 Some(Event::CommandsClosed) => "close".to_string(),
                 _ => continue,
@@ -534,6 +540,14 @@ fn main() {
         let tx = tx.clone();
         thread::spawn(move || read_ssh_stdout(out, tx));
     }
+    // ssh's exit arrives among its lines: its pidfd turns readable then.
+    let exited = pidfd(child.id()).unwrap_or_else(|e| fatal("cannot watch ssh", e));
+    let exit_tx = tx.clone();
+    thread::spawn(move || {
+        if readable_within(exited.as_fd(), None).is_ok() {
+            let _ = exit_tx.send(Event::SshExited);
+        }
+    });
     let mut session = Session { child, stdin, events, tx, socks_port, stdout_open: true };
     let port = session.launch(&id, args.connect_timeout);
     say("ready");
@@ -555,20 +569,19 @@ mod tests {
 
     #[test]
     fn pairs() {
-        assert_eq!(parse_pair("listeningOn==4711=="), Some(("listeningOn".into(), "4711".into())));
-        assert_eq!(
-            parse_pair("listeningOn==127.0.0.1:4711=="),
-            Some(("listeningOn".into(), "127.0.0.1:4711".into()))
-        );
-        assert_eq!(
-            parse_pair("connectionToken==ab==cd=="),
-            Some(("connectionToken".into(), "ab==cd".into()))
-        );
-        assert_eq!(parse_pair("downloadTime===="), Some(("downloadTime".into(), String::new())));
-        assert_eq!(parse_pair("0123abcd%%1%%"), None);
-        assert_eq!(parse_pair("listeningOn==4711"), None);
-        assert_eq!(parse_pair("==x=="), None);
-        assert_eq!(parse_pair("some text == other =="), None);
+        let pair = |key: &str, value: &str| Some((key.to_owned(), value.to_owned()));
+        for (line, expected) in [
+            ("listeningOn==4711==", pair("listeningOn", "4711")),
+            ("listeningOn==127.0.0.1:4711==", pair("listeningOn", "127.0.0.1:4711")),
+            ("connectionToken==ab==cd==", pair("connectionToken", "ab==cd")),
+            ("downloadTime====", pair("downloadTime", "")),
+            ("0123abcd%%1%%", None),
+            ("listeningOn==4711", None),
+            ("==x==", None),
+            ("some text == other ==", None),
+        ] {
+            assert_eq!(parse_pair(line), expected, "{line:?}");
+        }
     }
 
     #[test]

@@ -9,12 +9,15 @@
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::exit;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use vscode_slurm_tests::{events, json_string};
 
 /// What `/version` answers; the real server answers its commit there without a token.
 const COMMIT: &str = "test-commit";
@@ -244,24 +247,6 @@ fn start_time() -> u64 {
     after.split_whitespace().nth(22 - 3).and_then(|f| f.parse().ok()).unwrap_or(0)
 }
 
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// Connections accepted so far: the stranger tests check that the server
 /// saw none but the session's own.
 static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -443,28 +428,26 @@ fn serve(listener: Listener) -> ! {
 /// Running out of descriptors or threads is transient; back off instead of spinning.
 fn accept_failed(e: io::Error) {
     eprintln!("vscode-test-server: accept: {e}");
+    // allow-sleep: nothing announces that descriptors or threads are free again
     thread::sleep(Duration::from_millis(100));
 }
 
-/// A zombie counts as gone: its parent may never reap it while we wait.
-fn process_gone(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => {
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-            matches!(state, Some("Z") | Some("X"))
-        }
-    }
-}
-
 /// The real CLI ends with the launch script's shell; so do we, or tests would leak servers.
+/// The shell's pidfd turns readable when it exits, even while its own parent never reaps it.
 fn watch_parent(pid: u32) {
-    thread::spawn(move || loop {
-        if process_gone(pid) {
-            eprintln!("vscode-test-server: parent process {pid} is gone, exiting");
-            exit(0);
+    thread::spawn(move || {
+        let watched = events::pidfd(pid).and_then(|exited| events::readable_within(exited.as_fd(), None));
+        match watched {
+            // ESRCH: gone before we looked.
+            Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
+                eprintln!("vscode-test-server: cannot watch parent process {pid}: {e}, exiting");
+                exit(1);
+            }
+            _ => {
+                eprintln!("vscode-test-server: parent process {pid} is gone, exiting");
+                exit(0);
+            }
         }
-        thread::sleep(Duration::from_secs(1));
     });
 }
 
@@ -600,13 +583,8 @@ mod tests {
     }
 
     #[test]
-    fn json_escapes() {
-        assert_eq!(json_string("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
-    }
-
-    #[test]
-    fn own_process_is_not_gone() {
-        assert!(!process_gone(std::process::id()));
-        assert!(process_gone(u32::MAX - 1));
+    fn a_parent_that_is_gone_already_is_told_apart() {
+        let gone = events::pidfd(i32::MAX as u32).unwrap_err();
+        assert_eq!(gone.raw_os_error(), Some(libc::ESRCH), "{gone}");
     }
 }
