@@ -48,22 +48,16 @@ pub async fn stop(args: &StopArgs) -> i32 {
     }
 }
 
+/// One line of `sessions`: what squeue says of a job, as it says it, and
+/// what its keeper says in the Comment (nothing before it wrote one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VsJob {
-    /// The job name without its `vscode:` prefix.
     pub profile: String,
-    /// Slurm's job id.
     pub id: u32,
-    /// `-` while pending.
     pub node: String,
-    /// As squeue says it (RUNNING, PENDING, ...).
     pub state: String,
-    /// As squeue says it (`%L`), shown as it is.
     pub time_left: String,
-    /// From the keeper's comment; None before it wrote one.
-    pub windows: Option<usize>,
-    /// When a lingering job ends, Unix seconds, from the same comment.
-    pub ends_at: Option<u64>,
+    pub attachment: Option<Attachment>,
 }
 
 fn slurm_client(programs: &Programs) -> Slurm {
@@ -82,31 +76,24 @@ pub fn parse(output: &str) -> Vec<VsJob> {
             let fields: Vec<&str> = line.trim().splitn(6, '|').collect();
             let [name, id, node, state, left, comment] = fields[..] else { return None };
             let profile = slurm::profile_of(name)?;
-            let (windows, ends_at) = parse_comment(comment);
             Some(VsJob {
                 profile: profile.to_owned(),
                 id: id.parse().ok()?,
                 node: if node.is_empty() { "-".into() } else { node.to_owned() },
                 state: state.to_owned(),
                 time_left: left.to_owned(),
-                windows,
-                ends_at,
+                attachment: Attachment::parse(comment),
             })
         })
         .collect()
-}
-
-/// The keeper's Comment: attached windows, and when a lingering job ends.
-fn parse_comment(comment: &str) -> (Option<usize>, Option<u64>) {
-    Attachment::parse(comment).map_or((None, None), |a| (Some(a.windows), a.ends_at))
 }
 
 pub fn table(jobs: &[VsJob], now: u64) -> String {
     let mut rows =
         vec![["PROFILE", "JOB", "NODE", "STATE", "TIME LEFT", "WINDOWS", "GRACE LEFT"].map(String::from)];
     for job in jobs {
-        let grace = match (job.windows, job.ends_at) {
-            (Some(0), Some(at)) => {
+        let grace = match job.attachment {
+            Some(Attachment { windows: 0, ends_at: Some(at) }) => {
                 crate::job::format_waited(std::time::Duration::from_secs(at.saturating_sub(now)))
             }
             _ => "-".into(),
@@ -117,7 +104,7 @@ pub fn table(jobs: &[VsJob], now: u64) -> String {
             job.node.clone(),
             job.state.clone(),
             job.time_left.clone(),
-            job.windows.map_or_else(|| "-".into(), |n| n.to_string()),
+            job.attachment.map_or_else(|| "-".into(), |a| a.windows.to_string()),
             grace,
         ]);
     }
@@ -182,9 +169,9 @@ mod tests {
     fn only_vscode_jobs_are_listed_with_their_windows() {
         let jobs = parse(SQUEUE);
         assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [41, 43, 44]);
-        assert_eq!(jobs[0].windows, Some(2));
-        assert_eq!((jobs[1].windows, jobs[1].ends_at), (Some(0), Some(1_000_090)));
-        assert_eq!((jobs[2].windows, jobs[2].node.as_str()), (None, "-"));
+        assert_eq!(jobs[0].attachment, Some(Attachment { windows: 2, ends_at: None }));
+        assert_eq!(jobs[1].attachment, Some(Attachment { windows: 0, ends_at: Some(1_000_090) }));
+        assert_eq!((jobs[2].attachment, jobs[2].node.as_str()), (None, "-"));
         let table = table(&jobs, 1_000_000);
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].starts_with("PROFILE"), "{table}");

@@ -3,15 +3,10 @@
 //! shim says why in one line, starts no job, and writes nothing there.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vscode-shim-planted-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use vscode_slurm_tests::TempDir;
 
 /// Runs a `--no-profile` session whose salloc only records that it ran.
 fn shim(dir: &Path, flag: &str, path: &Path) -> (Option<i32>, String) {
@@ -30,7 +25,14 @@ fn shim(dir: &Path, flag: &str, path: &Path) -> (Option<i32>, String) {
     (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
-fn assert_refused(dir: &Path, flag: &str, path: &Path, why: &str) {
+/// Every option that names a file the shim writes refuses `path`.
+fn assert_refused(dir: &Path, path: &Path, why: &str) {
+    for flag in ["--tee-stdin", "--tee-stdout", "--tee-stderr", "--log-file"] {
+        assert_refused_by(dir, flag, path, why);
+    }
+}
+
+fn assert_refused_by(dir: &Path, flag: &str, path: &Path, why: &str) {
     let (code, stderr) = shim(dir, flag, path);
     assert_eq!(code, Some(1), "{flag} {}: {stderr}", path.display());
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
@@ -39,22 +41,18 @@ fn assert_refused(dir: &Path, flag: &str, path: &Path, why: &str) {
 }
 
 #[test]
-fn a_planted_link_at_a_tee_or_log_path_is_refused_and_its_target_untouched() {
-    let dir = scratch("link");
+fn planted_links_and_files_of_others_are_refused_and_left_untouched() {
+    let scratch = TempDir::new("planted");
+    let dir = &scratch.0;
+    // A link to a file of bob's, where alice's tee would go.
     let victim = dir.join("bobs-file");
     std::fs::write(&victim, "bob's").unwrap();
-    let link = dir.join("alice-1234.in");
+    let link = dir.join("alice-1234.out");
     std::os::unix::fs::symlink(&victim, &link).unwrap();
-    for flag in ["--tee-stdin", "--tee-stdout", "--tee-stderr", "--log-file"] {
-        assert_refused(&dir, flag, &link, "symbolic link");
-    }
+    assert_refused(dir, &link, "symbolic link");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "bob's");
-    std::fs::remove_dir_all(dir).unwrap();
-}
 
-#[test]
-fn a_planted_file_of_another_user_is_refused_and_stays_empty() {
-    let dir = scratch("foreign");
+    // A file of bob's own at the path.
     let planted = dir.join("alice-1234.in");
     std::fs::write(&planted, "").unwrap();
     // As root the planted file is made another user's; otherwise a second
@@ -67,10 +65,7 @@ fn a_planted_file_of_another_user_is_refused_and_stays_empty() {
         std::fs::hard_link(&planted, dir.join("bobs-name")).unwrap();
         "other names"
     };
-    for flag in ["--tee-stdin", "--tee-stdout", "--tee-stderr", "--log-file"] {
-        assert_refused(&dir, flag, &planted, why);
-    }
+    assert_refused(dir, &planted, why);
     assert_eq!(std::fs::metadata(&planted).unwrap().len(), 0, "nothing was written");
     assert!(std::fs::metadata(&planted).unwrap().nlink() >= 1);
-    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -297,18 +297,11 @@ fn connect(port: u16) -> TcpStream {
 
 /// Sends 1 MiB through the relay while reading the echo, then half-closes
 /// and expects the echo's half-close back.
-fn exchange(mut stream: TcpStream, seed: u64) {
+fn exchange(stream: TcpStream, seed: u64) {
     let payload = pseudo_random(1 << 20, seed);
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let sent = payload.clone();
-    let sender = thread::spawn(move || {
-        writer.write_all(&sent).unwrap();
-        writer.shutdown(Shutdown::Write).unwrap();
-    });
-    let mut echoed = Vec::new();
-    stream.read_to_end(&mut echoed).unwrap();
-    sender.join().unwrap();
+    let writer = stream.try_clone().unwrap();
+    let echoed = vscode_slurm_tests::echo_back(stream, writer, &payload);
     assert_eq!(echoed.len(), payload.len());
     assert!(echoed == payload, "echoed bytes differ");
 }

@@ -358,22 +358,25 @@ impl Drop for RestoreFile {
     }
 }
 
-/// A JSON string literal, for the test programs' one-line JSON answers.
-pub fn json_string(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' | '\\' => out.extend(['\\', c]),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c < ' ' => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+/// Sends `payload` through `writer` (then half-closes it) while reading
+/// `reader` to its end, as an echo server's client does; what came back.
+/// Writing from a thread of its own keeps a large payload from deadlocking
+/// against a full pipe in the other direction.
+pub fn echo_back(mut reader: impl std::io::Read, writer: std::net::TcpStream, payload: &[u8]) -> Vec<u8> {
+    let sent = payload.to_vec();
+    let sender = thread::spawn(move || {
+        let mut writer = writer;
+        std::io::Write::write_all(&mut writer, &sent).expect("send the payload");
+        writer.shutdown(std::net::Shutdown::Write).expect("half-close");
+    });
+    let mut echoed = Vec::new();
+    reader.read_to_end(&mut echoed).expect("read the echo");
+    sender.join().expect("the sender thread");
+    echoed
 }
+
+/// The test programs' one-line JSON answers use the product's escaper.
+pub use vscode_slurm_common::json::string as json_string;
 
 pub fn stdout_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -385,13 +388,3 @@ pub fn stderr_of(output: &Output) -> String {
 
 pub mod events;
 pub mod session;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_escapes() {
-        assert_eq!(json_string("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
-    }
-}

@@ -178,9 +178,9 @@ pub fn measure(cfg: &Config, runner: &dyn Runner, ways: [Way; N], label: &str) -
                 match runner.ping_pong(way.route, pings_per_series) {
                     Ok(samples) => {
                         let (relay, door) = way.cpu_since(before);
-                        out[v].ping_cpu_secs += relay;
-                        out[v].ping_door_cpu_secs += door;
-                        out[v].ping_cpu_count += samples.len() + work::WARM_UP;
+                        out[v].ping.relay_secs += relay;
+                        out[v].ping.door_secs += door;
+                        out[v].ping.round_trips += samples.len() + work::WARM_UP;
                         out[v].rtt_ns.extend(samples);
                     }
                     Err(e) => out[v].errors.push(format!("ping-pong: {e}")),

@@ -55,6 +55,15 @@ impl Variant {
     }
 }
 
+/// Relay and door CPU over a ping-pong series, and how many round trips
+/// they served: per-trip CPU is the ratio.
+#[derive(Debug, Clone, Default)]
+pub struct PingCpu {
+    pub relay_secs: f64,
+    pub door_secs: f64,
+    pub round_trips: usize,
+}
+
 /// One variant's raw results over all repetitions.
 #[derive(Debug, Default)]
 pub struct Measured {
@@ -64,18 +73,19 @@ pub struct Measured {
     pub cpu_secs: Vec<f64>,
     /// The door's CPU seconds per bulk run, on paths through it.
     pub door_cpu_secs: Vec<f64>,
+    /// Ping-pong round trips, each.
     pub rtt_ns: Vec<u64>,
+    /// Wall time of each burst of parallel connections.
     pub burst_secs: Vec<f64>,
+    /// Connections of the bursts that failed.
     pub burst_errors: usize,
-    /// Relay and door CPU over the ping-pong series, and how many round
-    /// trips they served.
-    pub ping_cpu_secs: f64,
-    pub ping_door_cpu_secs: f64,
-    pub ping_cpu_count: usize,
+    /// CPU over the ping-pong series.
+    pub ping: PingCpu,
     /// CPU seconds the whole machine was busy per bulk run and per burst:
     /// with the client and the server sharing the machine's few cores with
     /// the relay, this over the core count is the least time a run can take.
     pub bulk_machine_secs: Vec<f64>,
+    /// The same per burst.
     pub burst_machine_secs: Vec<f64>,
     /// Fresh connections: connect (handshake included) to the first echo, ns.
     pub setup_ns: Vec<u64>,
@@ -127,13 +137,13 @@ impl Measured {
     }
     /// Relay CPU per round trip in µs (10 ms tick resolution over the series).
     pub fn cpu_per_rtt_us(&self) -> Option<f64> {
-        (self.ping_cpu_count > 0).then(|| self.ping_cpu_secs / self.ping_cpu_count as f64 * 1e6)
+        (self.ping.round_trips > 0).then(|| self.ping.relay_secs / self.ping.round_trips as f64 * 1e6)
     }
     pub fn door_cpu_per_gib(&self, bytes: u64) -> Option<f64> {
         median(&self.door_cpu_secs).map(|s| s * (1u64 << 30) as f64 / bytes as f64)
     }
     pub fn door_cpu_per_rtt_us(&self) -> Option<f64> {
-        (self.ping_cpu_count > 0).then(|| self.ping_door_cpu_secs / self.ping_cpu_count as f64 * 1e6)
+        (self.ping.round_trips > 0).then(|| self.ping.door_secs / self.ping.round_trips as f64 * 1e6)
     }
     pub fn setup_p50_us(&self) -> Option<f64> {
         percentile(&self.setup_ns, 50.0).map(|ns| ns / 1000.0)

@@ -14,7 +14,7 @@
 //! the keeper is gone.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -644,15 +644,7 @@ pub fn exchange(port: u16, seed: u64) -> i32 {
         .strip_prefix("hello from ")
         .and_then(|pid| pid.trim().parse().ok())
         .unwrap_or_else(|| panic!("not the test server's greeting: {greeting:?}"));
-    let mut writer = stream;
-    let sent = payload.clone();
-    let sender = thread::spawn(move || {
-        writer.write_all(&sent).unwrap();
-        writer.shutdown(Shutdown::Write).unwrap();
-    });
-    let mut echoed = Vec::new();
-    reader.read_to_end(&mut echoed).unwrap();
-    sender.join().unwrap();
+    let echoed = vscode_slurm_tests::echo_back(reader, stream, &payload);
     assert!(echoed == payload, "the echo differs: {} bytes back of {}", echoed.len(), payload.len());
     pid
 }
