@@ -53,6 +53,17 @@ impl Pinned {
         self.pid
     }
 
+    /// For waiting on many processes in one `poll(2)` (`exits.rs`).
+    pub(crate) fn pidfd(&self) -> Option<&OwnedFd> {
+        self.pidfd.as_ref()
+    }
+
+    /// A pin as on a kernel without pidfds, for tests of the fallback.
+    #[cfg(test)]
+    pub(crate) fn without_pidfd(pid: i32, start_ticks: u64) -> Pinned {
+        Pinned { pid, start_ticks, pidfd: None }
+    }
+
     /// Compared with a scan's start time, tells whether the pinned process
     /// is the one that was scanned.
     pub fn start_ticks(&self) -> u64 {
@@ -124,13 +135,13 @@ pub fn wait_all_exited(processes: &[Pinned], timeout: Duration) -> bool {
     }
 }
 
-fn pollfd(fd: &OwnedFd) -> libc::pollfd {
+pub(crate) fn pollfd(fd: &OwnedFd) -> libc::pollfd {
     libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }
 }
 
 /// How many of `fds` are ready, waiting up to `timeout` (rounded up to the
 /// millisecond, so a short wait is not a busy loop).
-fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
     let millis = libc::c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
     let count = libc::nfds_t::try_from(fds.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: `fds` is a live, exclusively borrowed array of `count` pollfd
