@@ -4,6 +4,7 @@
 
 mod cli;
 mod duration;
+mod jobs;
 mod judge;
 mod log;
 mod note;
@@ -14,7 +15,6 @@ mod report;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::thread;
 use std::time::SystemTime;
 
 use nix::unistd::{Uid, User};
@@ -40,8 +40,9 @@ fn main() {
             }
         },
     };
-    // Other users' environments (SLURM_JOB_ID) and executables are root's to
-    // read; a partial view would misjudge trees, so there is no non-root mode.
+    // Other users' executables (/proc/PID/exe, which also tells root's
+    // slurmstepd from a user's look-alike) are root's to read; a partial view
+    // would misjudge trees, so there is no non-root mode.
     if !nix::unistd::geteuid().is_root() {
         eprintln!("vscode-janitor: must run as root: it reads every user's processes");
         std::process::exit(1);
@@ -57,9 +58,24 @@ fn hostname() -> String {
         .unwrap_or_else(|| "this node".into())
 }
 
+/// A pidfd per process being ended: thousands of trees need more
+/// descriptors than a cron job's usual soft limit. Without them the reaper
+/// still works (start times and /proc instead), only with more reads.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into `limit`, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur >= limit.rlim_max {
+        return;
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit only reads `limit`, which outlives the call. A
+    // failure leaves the old limit, which is still a working one.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+}
+
 fn run(cli: &Cli, only_uid: Option<u32>) -> i32 {
-    let table = match procfs::scan() {
-        Ok(table) => table,
+    let (table, jobs) = match procfs::scan() {
+        Ok(scanned) => scanned,
         Err(e) => {
             eprintln!("vscode-janitor: cannot read /proc: {e}");
             return 1;
@@ -87,14 +103,16 @@ fn run(cli: &Cli, only_uid: Option<u32>) -> i32 {
     let mut code = 0;
     if cli.kill {
         let log = log::Log::open();
-        // Side by side: one tree's grace period need not hold up the next.
-        thread::scope(|scope| {
-            for entry in entries.iter_mut() {
-                scope.spawn(move || {
-                    entry.reaped = Some(reaper::end_tree(&entry.tree.members, entry.tree.uid, cli.grace));
-                });
-            }
-        });
+        raise_descriptor_limit();
+        // All together: one grace period, one wait and one pass over /proc
+        // per round for every tree, however many there are.
+        let targets: Vec<reaper::Target<'_>> =
+            entries.iter().map(|e| reaper::Target { members: &e.tree.members, uid: e.tree.uid }).collect();
+        let results = reaper::end_trees(&targets, &jobs, cli.grace);
+        drop(targets);
+        for (entry, reaped) in entries.iter_mut().zip(results) {
+            entry.reaped = Some(reaped);
+        }
         for entry in &entries {
             let line = report::log_line(&host, entry);
             if entry.reaped.as_ref().is_some_and(|r| r.ended()) {
