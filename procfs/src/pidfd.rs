@@ -49,6 +49,19 @@ impl Pinned {
         Some(Pinned { pid, start_ticks, pidfd })
     }
 
+    /// Pins by start time alone, holding no descriptor: for a caller that
+    /// pins thousands of processes and must keep descriptors free to read
+    /// /proc with. A signal then compares the start time right before
+    /// `kill(2)`, and exits are learnt from /proc, as on kernels without
+    /// pidfds.
+    pub fn open_without_pidfd(pid: i32) -> Option<Pinned> {
+        if pid <= 0 {
+            return None;
+        }
+        let start_ticks = read_stat(pid)?.start_ticks;
+        Some(Pinned { pid, start_ticks, pidfd: None })
+    }
+
     pub fn pid(&self) -> i32 {
         self.pid
     }
@@ -234,6 +247,19 @@ mod tests {
         assert!(t0.elapsed() < Duration::from_secs(5));
         quick.wait().unwrap();
         slow.wait().unwrap();
+    }
+
+    #[test]
+    fn a_pin_without_a_descriptor_still_guards_the_pid() {
+        let mut child = sleeper();
+        let pinned = Pinned::open_without_pidfd(pid(&child)).expect("pinned");
+        assert!(pinned.pidfd.is_none());
+        assert!(pinned.is_alive());
+        pinned.signal(libc::SIGKILL).expect("delivered");
+        assert!(wait_all_exited(std::slice::from_ref(&pinned), Duration::from_secs(10)));
+        child.wait().unwrap();
+        assert_eq!(pinned.signal(libc::SIGKILL).map_err(|e| e.raw_os_error()), Err(Some(libc::ESRCH)));
+        assert!(Pinned::open_without_pidfd(0).is_none() && Pinned::open_without_pidfd(-1).is_none());
     }
 
     #[test]
