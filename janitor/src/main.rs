@@ -58,21 +58,6 @@ fn hostname() -> String {
         .unwrap_or_else(|| "this node".into())
 }
 
-/// A pidfd per process being ended: thousands of trees need more
-/// descriptors than a cron job's usual soft limit. Without them the reaper
-/// still works (start times and /proc instead), only with more reads.
-fn raise_descriptor_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes one rlimit into `limit`, which outlives the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur >= limit.rlim_max {
-        return;
-    }
-    limit.rlim_cur = limit.rlim_max;
-    // SAFETY: setrlimit only reads `limit`, which outlives the call. A
-    // failure leaves the old limit, which is still a working one.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
-}
-
 fn run(cli: &Cli, only_uid: Option<u32>) -> i32 {
     let (table, jobs) = match procfs::scan() {
         Ok(scanned) => scanned,
@@ -103,7 +88,6 @@ fn run(cli: &Cli, only_uid: Option<u32>) -> i32 {
     let mut code = 0;
     if cli.kill {
         let log = log::Log::open();
-        raise_descriptor_limit();
         // All together: one grace period, one wait and one pass over /proc
         // per round for every tree, however many there are.
         let targets: Vec<reaper::Target<'_>> =

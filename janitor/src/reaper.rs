@@ -20,6 +20,7 @@
 //! process.
 
 use std::collections::{HashMap, HashSet};
+use std::fs;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,9 @@ const EXIT_POLL_GAP: Duration = Duration::from_millis(10);
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// A fork bomb could keep the sweep going forever.
 const SWEEP_ROUNDS: usize = 50;
+/// Descriptors left free, whatever the pidfds take: reading /proc (a file
+/// and a directory listing at a time), the log, the notes.
+const DESCRIPTORS_KEPT: usize = 64;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reaped {
@@ -84,22 +88,56 @@ fn after(wait: Duration) -> Instant {
     now.checked_add(wait).or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400))).unwrap_or(now)
 }
 
-/// None when the process is gone or the pid now belongs to another process.
-fn pin(member: Member) -> Option<Pinned> {
-    // The pin holds whatever process has the pid now: make sure it is the scanned one.
-    Pinned::open(member.pid).filter(|p| p.start_ticks() == member.start_ticks && p.is_alive())
+/// How many pidfds a run may hold. The open-file limit is raised to the
+/// hard limit first (ten thousand trees need more than a cron job's usual
+/// 1024); what is already open and [`DESCRIPTORS_KEPT`] are left free, for
+/// a process pinned with the last descriptor could not be looked at in
+/// /proc any more. Past the budget, processes are pinned by start time.
+fn pidfd_budget() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into `limit`, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit only reads `raised`, which outlives the call. On
+        // failure the old limit stays, and the budget is taken from it.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    let Ok(open) = fs::read_dir("/proc/self/fd").map(Iterator::count) else { return 0 };
+    usize::try_from(limit.rlim_cur)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(open)
+        .saturating_sub(DESCRIPTORS_KEPT)
 }
 
 /// Ends every target and any child its processes fork while being ended;
 /// SIGKILL for what is left after `grace`. One result per target, in order.
 /// `jobs` judges the children found meanwhile, as the scan judged the rest.
 pub fn end_trees(targets: &[Target<'_>], jobs: &NodeJobs, grace: Duration) -> Vec<Reaped> {
+    let budget = if targets.is_empty() { 0 } else { pidfd_budget() };
+    end_trees_within(targets, jobs, grace, budget)
+}
+
+/// [`end_trees`] holding at most `pidfd_budget` pidfds.
+fn end_trees_within(
+    targets: &[Target<'_>],
+    jobs: &NodeJobs,
+    grace: Duration,
+    pidfd_budget: usize,
+) -> Vec<Reaped> {
     let mut reaped = vec![Reaped::default(); targets.len()];
-    let mut ending = Ending { targets, jobs, handles: Vec::new(), last_poll: None };
+    let mut ending = Ending { targets, jobs, handles: Vec::new(), last_poll: None, pidfd_budget };
     for (tree, target) in targets.iter().enumerate() {
         for member in target.members {
-            match pin(*member) {
-                Some(pinned) => ending.handles.push(Handle { pinned, tree, alive: true }),
+            // The pin holds whatever process has the pid now: make sure it is the scanned one.
+            let pinned =
+                ending.pin(member.pid).filter(|p| p.start_ticks() == member.start_ticks && p.is_alive());
+            match pinned {
+                Some(pinned) => ending.hold(pinned, tree),
                 None => {
                     if let Some(r) = reaped.get_mut(tree) {
                         r.already_gone += 1;
@@ -164,9 +202,26 @@ struct Ending<'a> {
     jobs: &'a NodeJobs,
     handles: Vec<Handle>,
     last_poll: Option<Instant>,
+    /// Handles this run may still pin with a pidfd (`pidfd_budget`).
+    pidfd_budget: usize,
 }
 
 impl Ending<'_> {
+    /// None when there is no process `pid`. A pin that is not held is
+    /// dropped, and its descriptor with it.
+    fn pin(&self, pid: i32) -> Option<Pinned> {
+        if self.pidfd_budget == 0 {
+            return Pinned::open_without_pidfd(pid);
+        }
+        Pinned::open(pid)
+    }
+
+    /// Keeps `pinned` as a process of `tree` to end.
+    fn hold(&mut self, pinned: Pinned, tree: usize) {
+        self.pidfd_budget = self.pidfd_budget.saturating_sub(1);
+        self.handles.push(Handle { pinned, tree, alive: true });
+    }
+
     fn any_alive(&self) -> bool {
         self.handles.iter().any(|h| h.alive)
     }
@@ -256,7 +311,7 @@ impl Ending<'_> {
             for (pid, start_ticks) in children.remove(&parent).unwrap_or_default() {
                 if let Some(pinned) = self.take_in(pid, start_ticks, tree) {
                     let _ = pinned.signal(signal);
-                    self.handles.push(Handle { pinned, tree, alive: true });
+                    self.hold(pinned, tree);
                     queue.push((pid, tree));
                     added.push((pid, tree));
                 }
@@ -278,7 +333,7 @@ impl Ending<'_> {
                 let Some(stat) = read_stat(pid).filter(|s| s.ppid == parent && !s.exited()) else { continue };
                 if let Some(pinned) = self.take_in(pid, stat.start_ticks, tree) {
                     let _ = pinned.signal(signal);
-                    self.handles.push(Handle { pinned, tree, alive: true });
+                    self.hold(pinned, tree);
                     known.insert(pid);
                     added.push((pid, tree));
                 }
@@ -292,7 +347,7 @@ impl Ending<'_> {
     /// effective, and outside any job.
     fn take_in(&self, pid: i32, start_ticks: u64, tree: usize) -> Option<Pinned> {
         let owner = self.targets.get(tree)?.uid;
-        let pinned = Pinned::open(pid).filter(|p| p.start_ticks() == start_ticks)?;
+        let pinned = self.pin(pid).filter(|p| p.start_ticks() == start_ticks)?;
         // Read after pinning: what is read now is the pinned process or a
         // later one with another start time.
         let uids = read_uids(pid)?;
@@ -440,6 +495,29 @@ mod tests {
         assert!(reaped.ended(), "{reaped:?}");
         assert!(reaped.signalled >= 50, "{reaped:?}");
         assert_eq!(left, Vec::<i32>::new(), "links escaped: {reaped:?}");
+    }
+
+    #[test]
+    fn past_the_descriptor_budget_processes_are_ended_all_the_same() {
+        // Three of the twelve pinned with pidfds, the rest by start time, as
+        // when ten thousand trees meet an open-file limit.
+        let mut shells: Vec<Child> = (0..6).map(|_| start("trap '' TERM; sleep 60 & wait")).collect();
+        let trees: Vec<Vec<Member>> = shells
+            .iter()
+            .map(|sh| {
+                let kids = children_once_started(sh.id() as i32, 1);
+                std::iter::once(sh.id() as i32).chain(kids).map(member).collect()
+            })
+            .collect();
+        let targets: Vec<Target<'_>> = trees.iter().map(|m| Target { members: m, uid: me() }).collect();
+        let reaped = end_trees_within(&targets, &NodeJobs::default(), Duration::from_millis(300), 3);
+        for r in &reaped {
+            assert_eq!((r.signalled, r.needed_sigkill, r.ended()), (2, 2, true), "{r:?}");
+        }
+        for sh in &mut shells {
+            let _ = sh.wait();
+        }
+        assert!(trees.iter().flatten().all(|m| gone(m.pid)));
     }
 
     #[test]
