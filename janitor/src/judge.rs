@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::process::{JobEnv, Table};
+use crate::process::{Job, Process, Table};
 
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -53,7 +53,7 @@ pub enum Keep {
     TooYoung,
     /// The janitor runs inside it.
     Janitor,
-    /// Every process of it is inside a job, someone else's, or unreadable.
+    /// Every process of it is in a job, someone else's, or unreadable.
     NothingOfTheOwners,
 }
 
@@ -87,18 +87,20 @@ pub struct Tree {
 /// Every server tree on the node with its verdict, ordered by user then pid.
 /// `user_name` maps uids to names (ssh session titles carry names).
 pub fn judge(table: &Table, policy: &Policy, user_name: &dyn Fn(u32) -> Option<String>) -> Vec<Tree> {
-    let candidate = |pid: i32| {
-        table.get(pid).is_some_and(|p| !p.zombie && p.job == JobEnv::Outside && p.looks_like_vscode_server())
-    };
+    let candidate = |p: &Process| !p.zombie && p.job == Job::Outside && p.looks_like_vscode_server();
     let logged_in: HashSet<&str> = table.processes.values().filter_map(|p| p.ssh_session_user()).collect();
     let janitor_line: HashSet<i32> =
         std::iter::once(policy.self_pid).chain(table.ancestors(policy.self_pid)).collect();
+    // Each computed once for the whole table: walking up from every process
+    // would be quadratic in a chain a user can make thousands deep.
+    let below_candidate = table.nearest_marked_ancestors(candidate);
+    let in_session = table.nearest_marked_ancestors(|p| p.ssh_session_user().is_some());
 
     let mut roots: Vec<i32> = table
         .processes
-        .keys()
-        .copied()
-        .filter(|&pid| candidate(pid) && !table.ancestors(pid).into_iter().any(candidate))
+        .values()
+        .filter(|p| candidate(p) && !below_candidate.contains_key(&p.pid))
+        .map(|p| p.pid)
         .collect();
     roots.sort_unstable();
 
@@ -116,20 +118,18 @@ pub fn judge(table: &Table, policy: &Policy, user_name: &dyn Fn(u32) -> Option<S
             .filter(|p| {
                 p.uid == root.uid
                     && p.euid == root.uid
-                    && p.job == JobEnv::Outside
+                    && p.job == Job::Outside
                     && !p.zombie
                     && !janitor_line.contains(&p.pid)
             })
             .map(|p| Member { pid: p.pid, start_ticks: p.start_ticks })
             .collect();
-        let ancestors = table.ancestors(root_pid);
 
         let verdict = if root.uid == 0 || root.euid == 0 || root.uid < policy.min_uid {
             Verdict::Kept(Keep::SystemUser)
         } else if all.iter().any(|pid| janitor_line.contains(pid)) {
             Verdict::Kept(Keep::Janitor)
-        } else if ancestors.iter().any(|pid| table.get(*pid).is_some_and(|p| p.ssh_session_user().is_some()))
-        {
+        } else if in_session.contains_key(&root_pid) {
             // Any session, not only the owner's: `su` from an admin's
             // connected session is still a connected session.
             Verdict::Kept(Keep::Attached)
@@ -176,7 +176,6 @@ pub fn judge(table: &Table, policy: &Policy, user_name: &dyn Fn(u32) -> Option<S
 mod tests {
     use super::*;
     use crate::process::tests::{proc, sshd_monitor};
-    use crate::process::Process;
 
     const ALICE: u32 = 2001;
     const BOB: u32 = 2002;
@@ -316,12 +315,12 @@ mod tests {
         let mut procs = vec![proc(1, 0, 0, &["/sbin/init"])];
         let mut in_job = server_tree(100, 1, ALICE);
         for p in &mut in_job {
-            p.job = JobEnv::Inside;
+            p.job = Job::Inside(Some(42));
         }
         procs.extend(in_job);
         let mut mixed = server_tree(200, 1, BOB);
-        mixed[5].job = JobEnv::Inside; // a terminal that ran salloc
-        mixed[1].job = JobEnv::Unknown;
+        mixed[5].job = Job::Inside(None); // a terminal moved into a job's cgroup
+        mixed[1].job = Job::Unknown;
         procs.extend(mixed);
         let trees = run(procs, &policy());
         assert_eq!(verdicts(&trees), vec![(200, Verdict::Orphaned(Why::Reparented))]);
@@ -388,6 +387,21 @@ mod tests {
         let trees = run(procs, &policy());
         assert_eq!(trees[0].user, "4242");
         assert_eq!(trees[0].verdict, Verdict::Orphaned(Why::NoSshSession));
+    }
+
+    #[test]
+    fn ten_thousand_trees_and_a_chain_ten_thousand_deep_are_judged_at_once() {
+        let mut procs = vec![proc(1, 0, 0, &["/sbin/init"])];
+        procs.extend((0..10_000).map(|i| proc(30_000 + i, 1, BOB, &[NODE, "fake"])));
+        procs.push(proc(20_000, 1, ALICE, &[NODE, "top"]));
+        procs.extend((20_001..30_000).map(|pid| proc(pid, pid - 1, ALICE, &[NODE, "nested"])));
+        let t0 = std::time::Instant::now();
+        let trees = run(procs, &policy());
+        assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
+        assert_eq!(trees.len(), 10_001);
+        assert!(trees.iter().all(|t| t.verdict == Verdict::Orphaned(Why::Reparented)));
+        let chain = trees.iter().find(|t| t.root == 20_000).expect("the chain is one tree");
+        assert_eq!(chain.members.len(), 10_000);
     }
 
     #[test]

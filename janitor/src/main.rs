@@ -4,6 +4,7 @@
 
 mod cli;
 mod duration;
+mod jobs;
 mod judge;
 mod log;
 mod note;
@@ -14,7 +15,6 @@ mod report;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::thread;
 use std::time::SystemTime;
 
 use nix::unistd::{Uid, User};
@@ -40,8 +40,9 @@ fn main() {
             }
         },
     };
-    // Other users' environments (SLURM_JOB_ID) and executables are root's to
-    // read; a partial view would misjudge trees, so there is no non-root mode.
+    // Other users' executables (/proc/PID/exe, which also tells root's
+    // slurmstepd from a user's look-alike) are root's to read; a partial view
+    // would misjudge trees, so there is no non-root mode.
     if !nix::unistd::geteuid().is_root() {
         eprintln!("vscode-janitor: must run as root: it reads every user's processes");
         std::process::exit(1);
@@ -58,8 +59,8 @@ fn hostname() -> String {
 }
 
 fn run(cli: &Cli, only_uid: Option<u32>) -> i32 {
-    let table = match procfs::scan() {
-        Ok(table) => table,
+    let (table, jobs) = match procfs::scan() {
+        Ok(scanned) => scanned,
         Err(e) => {
             eprintln!("vscode-janitor: cannot read /proc: {e}");
             return 1;
@@ -87,14 +88,15 @@ fn run(cli: &Cli, only_uid: Option<u32>) -> i32 {
     let mut code = 0;
     if cli.kill {
         let log = log::Log::open();
-        // Side by side: one tree's grace period need not hold up the next.
-        thread::scope(|scope| {
-            for entry in entries.iter_mut() {
-                scope.spawn(move || {
-                    entry.reaped = Some(reaper::end_tree(&entry.tree.members, entry.tree.uid, cli.grace));
-                });
-            }
-        });
+        // All together: one grace period, one wait and one pass over /proc
+        // per round for every tree, however many there are.
+        let targets: Vec<reaper::Target<'_>> =
+            entries.iter().map(|e| reaper::Target { members: &e.tree.members, uid: e.tree.uid }).collect();
+        let results = reaper::end_trees(&targets, &jobs, cli.grace);
+        drop(targets);
+        for (entry, reaped) in entries.iter_mut().zip(results) {
+            entry.reaped = Some(reaped);
+        }
         for entry in &entries {
             let line = report::log_line(&host, entry);
             if entry.reaped.as_ref().is_some_and(|r| r.ended()) {

@@ -25,6 +25,9 @@ use crate::judge::Why;
 
 pub const DIR: &str = ".vscode-server";
 pub const FILE: &str = "ENDED-BY-ADMIN.txt";
+/// Servers listed one by one in a note; a user with thousands gets a count
+/// for the rest (the log has every one).
+const LISTED: usize = 20;
 
 pub struct Ended<'a> {
     pub pid: i32,
@@ -48,10 +51,13 @@ pub fn compose(host: &str, when: &str, servers: &[Ended<'_>]) -> String {
          on {when}, because {it} ran on the login node outside any Slurm job\n\
          and had been left behind:\n\n"
     );
-    for s in servers {
+    for s in servers.iter().take(LISTED) {
         let command: String = s.command.chars().take(100).collect();
         text.push_str(&format!("  pid {} (ran for {}): {command}\n", s.pid, duration::format(s.age)));
         text.push_str(&format!("      why: {} ({})\n", explain(s.why), s.why.text()));
+    }
+    if servers.len() > LISTED {
+        text.push_str(&format!("  and {} more\n", servers.len() - LISTED));
     }
     text.push_str(&format!(
         "\n\
@@ -98,9 +104,11 @@ pub fn utc(since_epoch: Duration) -> String {
 pub fn write(home: &Path, uid: u32, gid: u32, text: &str) -> io::Result<PathBuf> {
     let home = home.to_owned();
     let text = text.to_owned();
-    // Identity changes below are per thread: a thread of its own keeps the rest of the janitor root.
-    let writer =
-        thread::spawn(move || write_as_user(&home, uid, gid, &text).map(|()| home.join(DIR).join(FILE)));
+    // Identity changes below are per thread: a thread of its own keeps the
+    // rest of the janitor root. A node out of threads (a user's fork bomb)
+    // fails this note, not the janitor: Builder, not thread::spawn.
+    let writer = thread::Builder::new()
+        .spawn(move || write_as_user(&home, uid, gid, &text).map(|()| home.join(DIR).join(FILE)))?;
     writer.join().map_err(|_| io::Error::other("the note writer panicked"))?
 }
 
@@ -214,6 +222,18 @@ mod tests {
         ] {
             assert!(text.contains(wanted), "missing {wanted:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn thousands_of_servers_make_a_short_note() {
+        let servers: Vec<Ended<'_>> = (0..10_000)
+            .map(|pid| Ended { pid, age: Duration::from_secs(60), command: "node", why: Why::NoSshSession })
+            .collect();
+        let text = compose("login1", "now", &servers);
+        assert!(text.contains("  pid 19 (ran for "), "{text}");
+        assert!(!text.contains("pid 20 "), "{text}");
+        assert!(text.contains("  and 9980 more\n"), "{text}");
+        assert!(text.len() < 4_096, "{} bytes", text.len());
     }
 
     #[test]

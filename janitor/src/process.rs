@@ -1,16 +1,17 @@
 //! One process as the janitor sees it, and what can be told from it alone.
 //! Filled from /proc by `procfs`, or by hand in tests.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-/// Whether the process runs inside a Slurm job, as far as its environment tells.
+/// Whether a Slurm job running on this node tracks the process (`jobs.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobEnv {
+pub enum Job {
     Outside,
-    Inside,
-    /// The environment could not be read, or not whole and no job variable was in
-    /// the part read: treated as untouchable.
+    /// The job's id, when its slurmstepd's title names it.
+    Inside(Option<u32>),
+    /// What would tell could not be read (its cgroups, on a node where jobs
+    /// run in cgroups): treated as untouchable.
     Unknown,
 }
 
@@ -32,7 +33,8 @@ pub struct Process {
     pub argv: Vec<String>,
     /// Target of /proc/PID/exe, `" (deleted)"` suffix included when there is one.
     pub exe: Option<String>,
-    pub job: JobEnv,
+    /// Unknown until `jobs::classify` has looked at the whole table.
+    pub job: Job,
     pub zombie: bool,
 }
 
@@ -64,6 +66,16 @@ impl Process {
         let rest = title.strip_prefix(program)?.strip_prefix(": ")?;
         let user = rest.strip_suffix(" [priv]")?;
         (!user.is_empty() && !user.contains(' ')).then_some(user)
+    }
+
+    /// The job a slurmstepd runs for (None inside when its title names
+    /// none); None for every other process.
+    pub fn slurmstepd(&self) -> Option<Option<u32>> {
+        let uids = vscode_slurm_procfs::Uids { real: self.uid, effective: self.euid };
+        if !vscode_slurm_procfs::is_slurmstepd(uids, self.exe.as_deref()?.as_bytes()) {
+            return None;
+        }
+        Some(self.argv.first().and_then(|title| vscode_slurm_procfs::slurmstepd_job(title.as_bytes())))
     }
 
     /// What the table shows: the command line, or the kernel's name when the
@@ -146,15 +158,60 @@ impl Table {
     /// Parents of `pid`, nearest first, as far as the table knows them.
     pub fn ancestors(&self, pid: i32) -> Vec<i32> {
         let mut out = Vec::new();
+        let mut seen = HashSet::from([pid]);
         let mut current = self.get(pid).map(|p| p.ppid);
         while let Some(parent) = current {
-            if parent <= 0 || out.contains(&parent) || parent == pid {
+            // A scan racing pid reuse can show a cycle; never loop on it.
+            if parent <= 0 || !seen.insert(parent) {
                 break;
             }
             out.push(parent);
             current = self.get(parent).map(|p| p.ppid);
         }
         out
+    }
+
+    /// For every process below a `marked` one, the nearest such ancestor.
+    ///
+    /// A user can nest thousands of processes in one chain, so this does not
+    /// walk up from every process: each is looked at once, and every chain
+    /// walked up is answered for all its members together.
+    pub fn nearest_marked_ancestors(&self, marked: impl Fn(&Process) -> bool) -> HashMap<i32, i32> {
+        // None: no marked ancestor. Only processes of the table get an answer.
+        let mut answers: HashMap<i32, Option<i32>> = HashMap::with_capacity(self.processes.len());
+        let mut chain: Vec<i32> = Vec::new();
+        let mut on_chain: HashSet<i32> = HashSet::new();
+        for &start in self.processes.keys() {
+            if answers.contains_key(&start) {
+                continue;
+            }
+            chain.clear();
+            on_chain.clear();
+            let mut current = start;
+            chain.push(current);
+            on_chain.insert(current);
+            // Every process on `chain` has the answer of the last one.
+            let answer = loop {
+                let Some(parent) = self.get(current).map(|p| p.ppid) else { break None };
+                let Some(parent_process) = self.get(parent).filter(|_| parent > 0) else { break None };
+                if marked(parent_process) {
+                    break Some(parent);
+                }
+                if let Some(known) = answers.get(&parent) {
+                    break *known;
+                }
+                if !on_chain.insert(parent) {
+                    // A cycle (a scan racing pid reuse): nothing above it is known.
+                    break None;
+                }
+                chain.push(parent);
+                current = parent;
+            };
+            for pid in &chain {
+                answers.insert(*pid, answer);
+            }
+        }
+        answers.into_iter().filter_map(|(pid, answer)| Some((pid, answer?))).collect()
     }
 }
 
@@ -176,7 +233,7 @@ pub mod tests {
             comm: argv.first().map(|a| a.rsplit('/').next().unwrap_or(a).to_owned()).unwrap_or_default(),
             argv: argv.iter().map(|s| s.to_string()).collect(),
             exe: None,
-            job: JobEnv::Outside,
+            job: Job::Outside,
             zombie: false,
         }
     }
@@ -272,5 +329,58 @@ pub mod tests {
         let table = Table::new([proc(10, 11, 2001, &["a"]), proc(11, 10, 2001, &["b"])]);
         assert_eq!(table.ancestors(10), vec![11]);
         assert_eq!(table.subtree(10), vec![10, 11]);
+        assert!(table.nearest_marked_ancestors(|_| false).is_empty());
+        let marked = table.nearest_marked_ancestors(|p| p.pid == 11);
+        assert_eq!(marked.get(&10), Some(&11));
+    }
+
+    #[test]
+    fn nearest_marked_ancestors_are_the_nearest() {
+        let table = Table::new([
+            proc(1, 0, 0, &["init"]),
+            proc(10, 1, 0, &["mark"]),
+            proc(11, 10, 2001, &["a"]),
+            proc(12, 11, 2001, &["mark"]),
+            proc(13, 12, 2001, &["b"]),
+            proc(14, 13, 2001, &["c"]),
+            proc(20, 1, 2001, &["d"]),
+            proc(21, 99, 2001, &["parent not in the table"]),
+        ]);
+        let found = table.nearest_marked_ancestors(|p| p.argv == ["mark"]);
+        let mut found: Vec<(i32, i32)> = found.into_iter().collect();
+        found.sort_unstable();
+        assert_eq!(found, vec![(11, 10), (12, 10), (13, 12), (14, 12)]);
+    }
+
+    #[test]
+    fn a_chain_of_ten_thousand_is_walked_once() {
+        // Every process one level below the last, the top one marked: an
+        // answer per process in linear time, where walking up from each
+        // would take fifty million steps.
+        let mut chain = vec![proc(1, 0, 0, &["mark"])];
+        chain.extend((2..=10_001).map(|pid| proc(pid, pid - 1, 2001, &["x"])));
+        let table = Table::new(chain);
+        let t0 = std::time::Instant::now();
+        let found = table.nearest_marked_ancestors(|p| p.argv == ["mark"]);
+        assert_eq!(found.len(), 10_000);
+        assert!(found.values().all(|a| *a == 1));
+        assert!(t0.elapsed() < Duration::from_secs(2), "took {:?}", t0.elapsed());
+        assert_eq!(table.ancestors(10_001).len(), 10_000);
+    }
+
+    #[test]
+    fn slurmstepds_are_roots_and_name_their_job() {
+        let mut stepd = proc(40, 1, 0, &["slurmstepd: [42.batch]"]);
+        stepd.exe = Some("/usr/sbin/slurmstepd".into());
+        assert_eq!(stepd.slurmstepd(), Some(Some(42)));
+        stepd.argv = vec!["/usr/sbin/slurmstepd".into()];
+        assert_eq!(stepd.slurmstepd(), Some(None), "before its title is set");
+        let mut users = proc(41, 1, 2001, &["slurmstepd: [42.0]"]);
+        users.exe = Some("/home/alice/bin/slurmstepd".into());
+        assert_eq!(users.slurmstepd(), None);
+        let mut renamed = proc(42, 1, 0, &["slurmstepd: [42.0]"]);
+        renamed.exe = Some("/usr/bin/perl".into());
+        assert_eq!(renamed.slurmstepd(), None);
+        assert_eq!(proc(43, 1, 0, &["slurmstepd: [42.0]"]).slurmstepd(), None, "no executable read");
     }
 }

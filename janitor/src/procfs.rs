@@ -1,17 +1,18 @@
-//! Reading /proc into the janitor's table. The per-file parsers and the
-//! "in a job" rule are `vscode_slurm_procfs`'s, shared with the plugin's
-//! epilog; what is here is only what the janitor alone shows or needs
-//! (command lines, ages, sizes). Processes come and go while /proc is read:
-//! one that vanishes half-way is simply not in the table.
+//! Reading /proc into the janitor's table. The per-file parsers are
+//! `vscode_slurm_procfs`'s, shared with the plugin's epilog; what is here is
+//! only what the janitor alone shows or needs (command lines, ages, sizes).
+//! Processes come and go while /proc is read: one that vanishes half-way is
+//! simply not in the table.
 
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
-use vscode_slurm_procfs::{pids, read_stat, read_uids, Environ};
+use vscode_slurm_procfs::{pids, read_cmdline, read_stat, read_uids};
 
-use crate::process::{JobEnv, Process, Table};
+use crate::jobs::{self, NodeJobs};
+use crate::process::{Job, Process, Table};
 
 /// NUL-separated, with the padding that `setproctitle` leaves (sshd) dropped.
 pub fn parse_cmdline(raw: &[u8]) -> Vec<String> {
@@ -53,34 +54,21 @@ impl Clock {
     }
 }
 
-fn gone(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
-}
-
-/// One process, or None when it went away while being read.
+/// One process, or None when it went away while being read. Its `job` is
+/// Unknown: only the whole table tells (`jobs::classify`).
 pub fn read_process(pid: i32, clock: &Clock) -> Option<Process> {
-    let dir = format!("/proc/{pid}");
     let stat = read_stat(pid)?;
     let uids = read_uids(pid)?;
-    let argv = parse_cmdline(&fs::read(format!("{dir}/cmdline")).ok()?);
-    let exe = fs::read_link(format!("{dir}/exe"))
+    let argv = parse_cmdline(&read_cmdline(pid).ok()?);
+    let exe = fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .map(|p| String::from_utf8_lossy(p.as_os_str().as_bytes()).into_owned());
-    let job = match Environ::read(pid) {
-        Ok(environ) if environ.in_some_job() => JobEnv::Inside,
-        // The job variable may be in the part past the read bound.
-        Ok(environ) if !environ.is_complete() => JobEnv::Unknown,
-        // An empty environment is what a zombie or a kernel thread shows.
-        Ok(_) => JobEnv::Outside,
-        Err(e) if gone(&e) => return None,
-        Err(_) => JobEnv::Unknown,
-    };
     // Read last: if the pid was reused during the reads above, the start time changed.
     let again = read_stat(pid)?;
     if again.start_ticks != stat.start_ticks {
         return None;
     }
-    Some(Process {
+    let mut process = Process {
         pid,
         ppid: stat.ppid,
         uid: uids.real,
@@ -92,16 +80,30 @@ pub fn read_process(pid: i32, clock: &Clock) -> Option<Process> {
         comm: stat.comm,
         argv,
         exe,
-        job,
+        job: Job::Unknown,
         zombie: again.exited(),
-    })
+    };
+    if !keeps_arguments(&process) {
+        process.argv = Vec::new();
+    }
+    Some(process)
 }
 
-/// Every process of the node; an error only when /proc itself cannot be read.
-pub fn scan() -> io::Result<Table> {
+/// Arguments are kept only where they are used (to show a server, to
+/// recognise root's ssh sessions and slurmstepds): with thousands of
+/// processes on the node, memory stays a few hundred bytes per process.
+fn keeps_arguments(p: &Process) -> bool {
+    p.uid == 0 || p.euid == 0 || p.looks_like_vscode_server()
+}
+
+/// Every process of the node, each with its job; an error only when /proc
+/// itself cannot be read.
+pub fn scan() -> io::Result<(Table, NodeJobs)> {
     let clock = Clock::now()?;
     let processes: Vec<Process> = pids()?.into_iter().filter_map(|pid| read_process(pid, &clock)).collect();
-    Ok(Table::new(processes))
+    let mut table = Table::new(processes);
+    let jobs = jobs::classify(&mut table, &|p: &Process| jobs::read_cgroups_of(p.pid, p.start_ticks));
+    Ok((table, jobs))
 }
 
 #[cfg(test)]
@@ -121,25 +123,36 @@ mod tests {
         let clock = Clock::now().expect("clock");
         let me = read_process(std::process::id() as i32, &clock).expect("self");
         assert_eq!(me.uid, nix::unistd::getuid().as_raw());
-        assert!(!me.argv.is_empty());
+        assert_eq!(me.argv.is_empty(), me.uid != 0, "{:?}", me.argv);
         assert!(me.exe.is_some());
         assert_eq!(read_process(-5, &clock).map(|p| p.pid), None);
     }
 
     #[test]
-    fn either_job_variable_keeps_a_process_inside() {
-        let clock = Clock::now().expect("clock");
-        for var in ["SLURM_JOB_ID", "SLURM_JOBID"] {
-            let mut child = std::process::Command::new("sleep")
-                .arg("30")
-                .env_clear()
-                .env(var, "9")
-                .spawn()
-                .expect("sleep");
-            let p = read_process(child.id() as i32, &clock).expect("child");
-            assert_eq!(p.job, JobEnv::Inside, "{var}");
-            child.kill().unwrap();
-            child.wait().unwrap();
+    fn a_job_variable_does_not_put_a_process_in_a_job() {
+        // Outside any job (no slurmstepd above it), whatever its environment says.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("SLURM_JOB_ID", "9")
+            .env("SLURM_JOBID", "9")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id() as i32;
+        let (table, _) = scan().expect("scan");
+        let in_a_step = table.nearest_marked_ancestors(|p| p.slurmstepd().is_some()).contains_key(&pid);
+        let p = table.get(pid).expect("child");
+        if !in_a_step {
+            assert_eq!(p.job, Job::Outside);
         }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn arguments_are_kept_only_where_used() {
+        use crate::process::tests::proc;
+        assert!(keeps_arguments(&proc(5, 1, 2001, &["/home/u/.vscode-server/bin/x/node", "main.js"])));
+        assert!(keeps_arguments(&proc(6, 1, 0, &["sshd: alice [priv]"])));
+        assert!(!keeps_arguments(&proc(7, 1, 2001, &["python3", "train.py"])));
     }
 }

@@ -1,6 +1,5 @@
 //! Whether a process belongs to a Slurm job, from its initial environment:
-//! the one definition the epilog (which ends a job's leftovers) and the
-//! janitor (which must leave job processes alone) share.
+//! the epilog's definition (it ends what a job left behind).
 //!
 //! Slurm puts the job id into the environment of every process of a job,
 //! and it stays in /proc/PID/environ (the environment the process was
@@ -10,8 +9,9 @@
 //! export, so a process may carry only that one.
 //!
 //! This is a sign, not a proof: a user can remove or set these variables.
-//! The epilog therefore also requires the job's uid, and the janitor only
-//! ever spares what carries them.
+//! The epilog therefore also requires the job's uid. The janitor does not
+//! read it at all: a forged variable must not spare a process, so it asks
+//! whether a job on its node tracks the process (`slurmstepd.rs`).
 
 use std::io;
 
@@ -73,8 +73,8 @@ pub fn environ_names_job(environ: &[u8], job_id: u32) -> bool {
 }
 
 /// Any value counts, even an empty one: whatever job it names, the process
-/// was started by one (or its user claims so), which is not the janitor's
-/// to judge.
+/// was started by one (or its user claims so), which is not this
+/// function's to judge.
 pub fn environ_in_some_job(environ: &[u8]) -> bool {
     environ.split(|&b| b == 0).any(|entry| job_id_value(entry).is_some())
 }

@@ -49,8 +49,32 @@ impl Pinned {
         Some(Pinned { pid, start_ticks, pidfd })
     }
 
+    /// Pins by start time alone, holding no descriptor: for a caller that
+    /// pins thousands of processes and must keep descriptors free to read
+    /// /proc with. A signal then compares the start time right before
+    /// `kill(2)`, and exits are learnt from /proc, as on kernels without
+    /// pidfds.
+    pub fn open_without_pidfd(pid: i32) -> Option<Pinned> {
+        if pid <= 0 {
+            return None;
+        }
+        let start_ticks = read_stat(pid)?.start_ticks;
+        Some(Pinned { pid, start_ticks, pidfd: None })
+    }
+
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// For waiting on many processes in one `poll(2)` (`exits.rs`).
+    pub(crate) fn pidfd(&self) -> Option<&OwnedFd> {
+        self.pidfd.as_ref()
+    }
+
+    /// A pin as on a kernel without pidfds, for tests of the fallback.
+    #[cfg(test)]
+    pub(crate) fn without_pidfd(pid: i32, start_ticks: u64) -> Pinned {
+        Pinned { pid, start_ticks, pidfd: None }
     }
 
     /// Compared with a scan's start time, tells whether the pinned process
@@ -124,13 +148,13 @@ pub fn wait_all_exited(processes: &[Pinned], timeout: Duration) -> bool {
     }
 }
 
-fn pollfd(fd: &OwnedFd) -> libc::pollfd {
+pub(crate) fn pollfd(fd: &OwnedFd) -> libc::pollfd {
     libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }
 }
 
 /// How many of `fds` are ready, waiting up to `timeout` (rounded up to the
 /// millisecond, so a short wait is not a busy loop).
-fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
     let millis = libc::c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
     let count = libc::nfds_t::try_from(fds.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: `fds` is a live, exclusively borrowed array of `count` pollfd
@@ -223,6 +247,19 @@ mod tests {
         assert!(t0.elapsed() < Duration::from_secs(5));
         quick.wait().unwrap();
         slow.wait().unwrap();
+    }
+
+    #[test]
+    fn a_pin_without_a_descriptor_still_guards_the_pid() {
+        let mut child = sleeper();
+        let pinned = Pinned::open_without_pidfd(pid(&child)).expect("pinned");
+        assert!(pinned.pidfd.is_none());
+        assert!(pinned.is_alive());
+        pinned.signal(libc::SIGKILL).expect("delivered");
+        assert!(wait_all_exited(std::slice::from_ref(&pinned), Duration::from_secs(10)));
+        child.wait().unwrap();
+        assert_eq!(pinned.signal(libc::SIGKILL).map_err(|e| e.raw_os_error()), Err(Some(libc::ESRCH)));
+        assert!(Pinned::open_without_pidfd(0).is_none() && Pinned::open_without_pidfd(-1).is_none());
     }
 
     #[test]
