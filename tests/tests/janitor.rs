@@ -205,7 +205,8 @@ fn janitor_lists_and_ends_exactly_the_orphaned_server_trees() {
     session.expect_line("from the ssh session", Duration::from_secs(15), |l| l == "started");
     start_detached(&lab, Some("alice"), "A-held", false, true, "");
     // bob: one left to init with a process that ignores SIGTERM, one under a
-    // holder while he has no ssh session at all, one inside a Slurm job.
+    // holder while he has no ssh session at all, one left to init that claims
+    // a Slurm job in its environment (no job here tracks it: judged like any other).
     start_detached(&lab, Some("bob"), "B-orphan", true, false, "");
     start_detached(&lab, Some("bob"), "B-held", false, true, "");
     start_detached(&lab, Some("bob"), "B-in-job", false, false, "SLURM_JOB_ID=4242");
@@ -217,7 +218,7 @@ fn janitor_lists_and_ends_exactly_the_orphaned_server_trees() {
     let a_held = started.await_tree("A-held", 4);
     let b_orphan = started.await_tree("B-orphan", 5);
     let b_held = started.await_tree("B-held", 4);
-    let b_in_job = started.await_tree("B-in-job", 4);
+    let b_forged = started.await_tree("B-in-job", 4);
     let r_root = started.await_tree("R-root", 4);
     let holders: Vec<i32> = [a_held, b_held]
         .iter()
@@ -235,12 +236,13 @@ fn janitor_lists_and_ends_exactly_the_orphaned_server_trees() {
         "the dry run to list the orphaned trees",
         Duration::from_secs(30),
         || janitor_json(&lab, &["--min-age", "6s"]).0,
-        |trees| trees.len() >= 3,
+        |trees| trees.len() >= 4,
     );
     let expected = BTreeMap::from([
         (a_orphan, "alice reparented none -".to_owned()),
         (b_orphan, "bob reparented none -".to_owned()),
         (b_held, "bob no-ssh-session none -".to_owned()),
+        (b_forged, "bob reparented none -".to_owned()),
     ]);
     assert_eq!(listed, expected);
 
@@ -249,23 +251,33 @@ fn janitor_lists_and_ends_exactly_the_orphaned_server_trees() {
     assert!(table.status.success(), "{}", stderr_of(&table));
     let text = stdout_of(&table);
     let rows: Vec<&str> = text.lines().skip(1).collect();
-    assert_eq!(rows.len(), 3, "{text}");
-    for (row, (user, pid, why)) in rows.iter().zip([
-        ("alice", a_orphan, "reparented to init"),
-        ("bob", b_orphan, "reparented to init"),
-        ("bob", b_held, "owner has no ssh session"),
-    ]) {
+    assert_eq!(rows.len(), 4, "{text}");
+    let mut bobs = [
+        (b_orphan, "reparented to init"),
+        (b_held, "owner has no ssh session"),
+        (b_forged, "reparented to init"),
+    ];
+    bobs.sort();
+    for (row, (user, pid, why)) in rows.iter().zip(
+        std::iter::once(("alice", a_orphan, "reparented to init"))
+            .chain(bobs.iter().map(|(pid, why)| ("bob", *pid, *why))),
+    ) {
         let mut cells = row.split_whitespace();
         assert_eq!((cells.next(), cells.next()), (Some(user), Some(pid.to_string().as_str())), "{text}");
         assert!(row.ends_with(why), "{text}");
         assert!(row.contains(&format!("bash /home/{user}/.vscode-server/bin/{COMMIT}/")), "{text}");
     }
-    let b_orphan_row = rows[1].split_whitespace().collect::<Vec<_>>();
+    let b_orphan_row = rows
+        .iter()
+        .find(|r| r.split_whitespace().nth(1) == Some(b_orphan.to_string().as_str()))
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>();
     assert_eq!(b_orphan_row[5], "5", "processes counted in bob's tree: {text}");
 
     // --user limits to one user.
     let (bobs, _) = janitor_json(&lab, &["--min-age", "6s", "--user", "bob"]);
-    assert_eq!(bobs.keys().copied().collect::<Vec<_>>(), vec![b_orphan, b_held]);
+    assert_eq!(bobs.keys().copied().collect::<BTreeSet<_>>(), BTreeSet::from([b_orphan, b_held, b_forged]));
     let (alices, _) = janitor_json(&lab, &["--min-age", "6s", "--user", "alice"]);
     assert_eq!(alices.keys().copied().collect::<Vec<_>>(), vec![a_orphan]);
 
@@ -276,15 +288,16 @@ fn janitor_lists_and_ends_exactly_the_orphaned_server_trees() {
     assert_eq!(everything.get(&a_young).map(String::as_str), Some("alice reparented none -"));
     assert_eq!(
         everything.keys().copied().collect::<BTreeSet<_>>(),
-        BTreeSet::from([a_orphan, b_orphan, b_held, a_young])
+        BTreeSet::from([a_orphan, b_orphan, b_held, b_forged, a_young])
     );
 
     // Before: every tree's processes, to prove afterwards what went and what stayed.
     let procs = processes(&lab);
     let trees: BTreeMap<i32, BTreeSet<i32>> =
         started.roots.values().map(|r| (*r, subtree(&procs, *r))).collect();
-    let to_end: BTreeSet<i32> = [a_orphan, b_orphan, b_held].iter().flat_map(|r| trees[r].clone()).collect();
-    let to_keep: BTreeSet<i32> = [a_attached, a_held, b_in_job, r_root, a_young]
+    let to_end: BTreeSet<i32> =
+        [a_orphan, b_orphan, b_held, b_forged].iter().flat_map(|r| trees[r].clone()).collect();
+    let to_keep: BTreeSet<i32> = [a_attached, a_held, r_root, a_young]
         .iter()
         .flat_map(|r| trees[r].clone())
         .chain(holders.iter().copied())
@@ -306,6 +319,7 @@ fn janitor_lists_and_ends_exactly_the_orphaned_server_trees() {
             (a_orphan, "alice reparented ended-sigkill-0 note".to_owned()),
             (b_orphan, "bob reparented ended-sigkill-1 note-error".to_owned()),
             (b_held, "bob no-ssh-session ended-sigkill-0 note-error".to_owned()),
+            (b_forged, "bob reparented ended-sigkill-0 note-error".to_owned()),
         ]),
         "{raw}"
     );
