@@ -77,7 +77,8 @@ pub fn compose(host: &str, when: &str, servers: &[Ended<'_>]) -> String {
          \n\
          with \"remote.SSH.configFile\" pointing at that file and\n\
          \"remote.SSH.enableRemoteCommand\": true in VS Code's settings; then connect\n\
-         to {host}-vscode. Everything after -- goes to salloc (partition, GPUs, time).\n"
+         to {host}-vscode. Everything after -- describes the job (partition, GPUs, time),\n\
+         as for sbatch.\n"
     ));
     text
 }
