@@ -30,7 +30,7 @@ pub fn prepare_step(spank: &SpankHandle, config: &Config, linger: Duration) -> R
     let gid = spank.job_gid().map_err(|e| item_error("gid", &e))?;
 
     // Resolve first: a misconfigured bind= should not leave directories behind.
-    let addr = bind::resolve(&config.bind)?;
+    let chosen = bind::resolve(&config.bind)?;
     let base = Base::open(&config.runtime_dir, Missing::Create)?.ok_or_else(|| {
         Failure::new(format!(
             "vscode: runtime_dir={} could not be created; create it (root-owned, mode 0755)",
@@ -45,7 +45,7 @@ pub fn prepare_step(spank: &SpankHandle, config: &Config, linger: Duration) -> R
             Failure::new(format!("vscode: job {job_id}: cannot set {name} in the step's environment: {e}"))
         })
     };
-    set(env::BIND_ADDR, addr.to_string().as_ref())?;
+    set(env::BIND_ADDR, chosen.addr.to_string().as_ref())?;
     set(env::RUNTIME_DIR, job_dir.as_os_str())?;
     set(env::LINGER, linger.as_secs().to_string().as_ref())?;
     // env::JOB_END is not set: Slurm 22.05 gives plugins no end time (no
@@ -53,9 +53,11 @@ pub fn prepare_step(spank: &SpankHandle, config: &Config, linger: Duration) -> R
     // would cost an RPC per step.
 
     spank_log(
-        LogLevel::Verbose,
+        LogLevel::Info,
         &format!(
-            "vscode: job {job_id}: doors listen on {addr}, runtime dir {} ({limits})",
+            "vscode: job {job_id}: doors listen on {} ({}); runtime dir {} ({limits})",
+            chosen.addr,
+            chosen.source,
             job_dir.display()
         ),
     );
