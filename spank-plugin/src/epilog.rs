@@ -1,6 +1,10 @@
 //! Job epilog (root, a fresh process on every node of the job): end what a
 //! VS Code session left behind and remove the job's runtime directory.
 //!
+//! The directory is a tmpfs of its own (see `runtime`), so removing it is a
+//! lazy unmount and one rmdir, whatever the user left in it: the time and
+//! memory it takes do not depend on the tree.
+//!
 //! With proctrack/linuxproc, servers that daemonised (`setsid nohup ...`)
 //! survive the job, and a keep-alive loop can fork a new child between two of
 //! Slurm's kill sweeps. Such processes still carry the job's `SLURM_JOB_ID` in
@@ -18,7 +22,7 @@ use slurm_spank::{spank_log, LogLevel, SpankHandle};
 use vscode_slurm_procfs::{environ_names_job, pids, read_uids, wait_all_exited, Environ, Pinned};
 
 use crate::config::Config;
-use crate::remote;
+use crate::runtime::{Base, Missing, Removed};
 
 /// New children announce nothing, so while waiting for processes to exit
 /// the epilog scans /proc again at this interval.
@@ -73,10 +77,19 @@ pub fn run(spank: &SpankHandle) {
     // it, the variable the allocator set, or a job directory on this node
     // (only a --vscode step creates one, possibly a nested srun whose option
     // the epilog cannot see).
-    let used_vscode = spank.is_option_set(crate::OPTION)
-        || std::env::var_os(format!("SPANK_{}", crate::JOB_CONTROL_MARK)).is_some_and(|v| v == "1")
-        || config.as_ref().is_some_and(|c| remote::job_dir_exists(&c.runtime_dir, job.id));
-    if !used_vscode {
+    let marked = spank.is_option_set(crate::OPTION)
+        || std::env::var_os(format!("SPANK_{}", crate::JOB_CONTROL_MARK)).is_some_and(|v| v == "1");
+    let base = config.as_ref().and_then(|c| match Base::open(&c.runtime_dir, Missing::Stop) {
+        Ok(base) => base,
+        Err(e) => {
+            // Said only for VS Code jobs: every job on the node ends here.
+            if marked {
+                log_error(&format!("{} (job {}: runtime directory left alone)", e.message(), job.id));
+            }
+            None
+        }
+    });
+    if !marked && !base.as_ref().is_some_and(|b| b.has_job(job.id)) {
         return;
     }
 
@@ -102,10 +115,18 @@ pub fn run(spank: &SpankHandle) {
         }
     }
 
-    if let Some(config) = config {
-        match remote::remove_job_dir(&config.runtime_dir, job.id) {
-            Ok(Some(path)) => log_info(&format!("vscode: job {}: removed {}", job.id, path.display())),
-            Ok(None) => {}
+    if let Some(base) = base {
+        let started = Instant::now();
+        let removed = base.remove_job(job.id);
+        let seconds = started.elapsed().as_secs_f64();
+        match removed {
+            Ok(Removed::Removed { unmounts }) => log_info(&format!(
+                "vscode: job {}: removed {} ({unmounts} unmount{}) in {seconds:.3} s",
+                job.id,
+                base.job_path(job.id).display(),
+                if unmounts == 1 { "" } else { "s" }
+            )),
+            Ok(Removed::Nothing) => {}
             Err(e) => log_error(e.message()),
         }
     }

@@ -15,7 +15,9 @@ pub mod bind;
 pub mod config;
 pub mod epilog;
 pub mod failure;
+pub mod mounts;
 pub mod remote;
+pub mod runtime;
 
 use std::error::Error;
 
@@ -109,6 +111,10 @@ unsafe impl Plugin for VsCode {
                         ),
                     );
                 }
+                // The node checks again and is the one that counts; this only
+                // refuses early, in the user's terminal, what the login node
+                // already shows (a symlinked or user-owned runtime_dir parent).
+                runtime::check(&config.runtime_dir)?;
                 spank.job_control_setenv(JOB_CONTROL_MARK, "1", true).map_err(|e| {
                     fail(format!("vscode: cannot mark the job as a VS Code session: {e}")).into()
                 })
