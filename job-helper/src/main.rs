@@ -8,6 +8,7 @@
 mod announcer;
 mod cli;
 mod keeper;
+mod launch_lock;
 #[cfg(test)]
 mod scratch;
 mod session;

@@ -18,6 +18,7 @@ use crate::announcer::Announcer;
 use crate::cli::fail;
 use crate::keeper;
 use crate::keeper::client::{Event, KeptShell};
+use crate::launch_lock::{self, LaunchLock};
 use crate::session::Session;
 use crate::shell::{self, Shell};
 
@@ -27,6 +28,10 @@ const GRACE: Duration = Duration::from_secs(2);
 /// How long output still in the pipe may take to reach VS Code once the
 /// script's processes are gone.
 const DRAIN: Duration = Duration::from_secs(1);
+
+/// The same for a kept shell that exited: its output is in the pipe by
+/// then, but the pipe stays open for the server that inherited it.
+const KEPT_DRAIN: Duration = Duration::from_millis(100);
 
 /// Why the session ended.
 enum End {
@@ -98,6 +103,11 @@ pub async fn run(shell_path: &Path, session: Session, keeper_dir: Option<PathBuf
         tracing::error!("cannot handle signals");
         return 1;
     };
+    // Only kept scripts share a job's server; a script of our own is alone.
+    let launch_lock = match &keeper_dir {
+        Some(dir) => launch_lock::take(dir).await,
+        None => None,
+    };
     let (mut shell, shell_in, shell_out, mut shell_err) =
         match Script::start(shell_path, keeper_dir.as_deref()).await {
             Ok(spawned) => spawned,
@@ -125,7 +135,7 @@ pub async fn run(shell_path: &Path, session: Session, keeper_dir: Option<PathBuf
     let (broken_tx, broken_rx) = oneshot::channel();
     let announcer = Announcer::new(session, conversions);
     let mut stdout_task = tokio::spawn(async move {
-        if let Err(e) = pump_stdout(shell_out, tokio::io::stdout(), announcer, notices).await {
+        if let Err(e) = pump_stdout(shell_out, tokio::io::stdout(), announcer, notices, launch_lock).await {
             tracing::debug!("our stdout is gone: {e}");
             let _ = broken_tx.send(());
         }
@@ -162,14 +172,23 @@ pub async fn run(shell_path: &Path, session: Session, keeper_dir: Option<PathBuf
         }
     };
     shell.end().await;
+    // A kept shell's server outlives this window and holds the script's
+    // output pipes, so they never reach EOF: after VS Code left (or we were
+    // told to stop) there is no one to drain them for, and after the shell
+    // exited, what it wrote is already in the pipe and read at once.
     let kept = matches!(shell, Script::Kept(_));
-    if !matches!(end, End::StdoutClosed)
-        && tokio::time::timeout(DRAIN, &mut stdout_task).await.is_err()
-        && !kept
-    {
-        tracing::warn!("output of the launch script still open after its processes ended; dropping it");
+    let drain = match end {
+        End::StdoutClosed => None,
+        End::StdinClosed | End::Signal(_) if kept => None,
+        End::ShellExited(_) if kept => Some(KEPT_DRAIN),
+        _ => Some(DRAIN),
+    };
+    if let Some(drain) = drain {
+        if tokio::time::timeout(drain, &mut stdout_task).await.is_err() && !kept {
+            tracing::warn!("output of the launch script still open after its processes ended; dropping it");
+        }
+        let _ = tokio::time::timeout(drain, &mut stderr_task).await;
     }
-    let _ = tokio::time::timeout(DRAIN, &mut stderr_task).await;
     code
 }
 
@@ -228,6 +247,7 @@ async fn pump_stdout(
     mut to: impl AsyncWrite + Unpin,
     mut announcer: Announcer,
     mut notices: mpsc::UnboundedReceiver<String>,
+    mut launch_lock: Option<LaunchLock>,
 ) -> io::Result<()> {
     let mut scanner = ListeningScanner::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -259,7 +279,12 @@ async fn pump_stdout(
         for piece in scanner.feed(&buf[..n]) {
             let bytes = match piece {
                 Piece::Data(data) => data,
-                Piece::Listening(listening) => announcer.announce(listening).await,
+                Piece::Listening(listening) => {
+                    let announced = announcer.announce(listening).await;
+                    // The server is up: the next window's script may look for it.
+                    drop(launch_lock.take());
+                    announced
+                }
             };
             if let Some(&last) = bytes.last() {
                 at_line_start = last == b'\n';

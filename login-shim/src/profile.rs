@@ -29,8 +29,19 @@ use crate::streams;
 /// Tries at joining a profile's job; one fails when the job ends between
 /// being found and being joined.
 const JOIN_TRIES: u32 = 3;
-/// How often a window checks that its job still runs (one squeue of one job).
-const JOB_WATCH_INTERVAL: Duration = Duration::from_secs(30);
+/// How often a window checks that its job still runs: one controller RPC
+/// (`scontrol --local show job`) a minute per idle window. A node that fails
+/// is noticed by the controller (SlurmdTimeout), then here within a minute.
+const JOB_WATCH_INTERVAL: Duration = Duration::from_secs(60);
+/// While a new job waits to start, its state is asked this often: the
+/// controller allocates batch jobs on its own schedule and tells no one, so
+/// the window must look (one RPC each), and a coarse poll would add up to
+/// its interval to every start.
+const START_POLL: Duration = Duration::from_millis(100);
+/// How long the start is polled that often before backing off towards
+/// `--poll-interval`: longer than the controller's batch scheduling delay
+/// (`batch_sched_delay`, 3 s by default) on an idle cluster.
+const START_POLL_FOR: Duration = Duration::from_secs(5);
 
 /// Joins (or submits) the profile's job and starts this window's step in
 /// it; returns once the helper's shell runs there, so VS Code's script is
@@ -98,9 +109,13 @@ async fn join_or_submit(
     hangup: &mut oneshot::Receiver<()>,
 ) -> Result<(u32, bool), String> {
     let (mut id, mut submitted) = match find(slurm, profile).await? {
+        // Found running: joined at once, without asking again.
+        Some(found) if found.running => {
+            logging::progress(format_args!("joining job {} of profile {profile}", found.id));
+            return Ok((found.id, false));
+        }
         Some(found) => {
-            let how = if found.running { "joining" } else { "waiting with" };
-            logging::progress(format_args!("{how} job {} of profile {profile}", found.id));
+            logging::progress(format_args!("waiting with job {} of profile {profile}", found.id));
             (found.id, false)
         }
         None => {
@@ -148,17 +163,17 @@ pub fn end_window_of_lost_job(id: u32, slurm: Slurm, srun_group: Option<i32>) ->
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(JOB_WATCH_INTERVAL).await;
-            let state = match slurm.squeue(&["-h", "-t", "all", "-j", &id.to_string(), "-o", "%T"]).await {
-                Ok(state) => state,
+            let state = match job_state(&slurm, id).await {
+                Ok(Some((state, _))) => state,
+                Ok(None) => String::new(),
                 Err(e) if e.is_unknown_job() => String::new(),
                 // A busy controller is not a lost job: ask again next time.
                 Err(_) => continue,
             };
-            let state = state.trim();
             if state == "RUNNING" {
                 continue;
             }
-            let state = if state.is_empty() { "gone" } else { state };
+            let state = if state.is_empty() { "gone" } else { state.as_str() };
             tracing::info!("job {id} is {state}; ending this window's srun");
             let _ = lost_tx.send(());
             tokio::time::sleep(REVOKED_GRACE).await;
@@ -333,17 +348,16 @@ const SQUEUE_TRIES: u32 = 3;
 pub async fn wait_running(args: &SessionArgs, slurm: &Slurm, id: u32) -> Result<(), String> {
     let started = Instant::now();
     let every = args.poll_interval();
-    let mut pause = Duration::from_millis(200);
+    let mut pause = START_POLL;
     let mut next_report = started + every;
     // One failed squeue (a busy controller) is not the job's end; only
     // several in a row end the wait.
     let mut failed_in_a_row = 0;
     loop {
-        let output = slurm.squeue(&["-h", "-j", &id.to_string(), "-o", "%T|%r"]).await;
-        let state = match output {
-            Ok(output) => {
+        let state = match job_state(slurm, id).await {
+            Ok(state) => {
                 failed_in_a_row = 0;
-                job::parse_squeue(&output)
+                state
             }
             // squeue's answer for a job the controller has forgotten.
             Err(e) if e.is_unknown_job() => None,
@@ -355,7 +369,7 @@ pub async fn wait_running(args: &SessionArgs, slurm: &Slurm, id: u32) -> Result<
                     ));
                 }
                 sleep(pause).await;
-                pause = (pause * 2).min(every);
+                pause = next_pause(pause, started, every);
                 continue;
             }
         };
@@ -376,8 +390,24 @@ pub async fn wait_running(args: &SessionArgs, slurm: &Slurm, id: u32) -> Result<
             None => return Err(format!("job {id} is no longer known to Slurm; reconnect to start a new session")),
         }
         sleep(pause).await;
-        pause = (pause * 2).min(every);
+        pause = next_pause(pause, started, every);
     }
+}
+
+/// Often while a start is likely soon, then backing off to `every`.
+fn next_pause(pause: Duration, started: Instant, every: Duration) -> Duration {
+    if started.elapsed() < START_POLL_FOR {
+        START_POLL
+    } else {
+        (pause * 2).min(every)
+    }
+}
+
+/// The job's state and reason in one controller RPC: `--local` spares the
+/// federation lookup squeue and a plain scontrol make first.
+async fn job_state(slurm: &Slurm, id: u32) -> Result<Option<(String, String)>, SlurmError> {
+    let output = slurm.scontrol(&["--local", "-o", "show", "job", &id.to_string()]).await?;
+    Ok(job::parse_scontrol(&output).map(|end| (end.state, end.reason)))
 }
 
 /// One window: a step in the job running the helper, which has the keeper

@@ -18,7 +18,11 @@ use super::wire::{self, Answer, SpawnRequest};
 
 /// The keeper starts with the job; a window's step may come up first.
 const KEEPER_WAIT: Duration = Duration::from_secs(60);
-const RETRY: Duration = Duration::from_millis(100);
+/// The first window of a new job starts within a few tens of milliseconds
+/// of its keeper, so it asks often at first; later, rarely.
+const RETRY_SOON: Duration = Duration::from_millis(5);
+const RETRY_SOON_FOR: Duration = Duration::from_secs(2);
+const RETRY_LATER: Duration = Duration::from_millis(100);
 
 /// What the keeper tells a window after the shell started.
 #[derive(Debug, PartialEq, Eq)]
@@ -98,8 +102,13 @@ impl KeptShell {
     }
 }
 
+/// A poll, not an event: the socket's appearance could be watched with
+/// inotify, but the keeper may also still be between bind and listen, so a
+/// connect attempt would follow the event anyway. Attempts are local
+/// syscalls on this node; they cost the controller nothing.
 async fn connect(path: &Path) -> io::Result<StdUnixStream> {
-    let deadline = tokio::time::Instant::now() + KEEPER_WAIT;
+    let started = tokio::time::Instant::now();
+    let deadline = started + KEEPER_WAIT;
     loop {
         match StdUnixStream::connect(path) {
             Ok(socket) => return Ok(socket),
@@ -112,7 +121,8 @@ async fn connect(path: &Path) -> io::Result<StdUnixStream> {
                     ),
                 ));
             }
-            Err(_) => tokio::time::sleep(RETRY).await,
+            Err(_) if started.elapsed() < RETRY_SOON_FOR => tokio::time::sleep(RETRY_SOON).await,
+            Err(_) => tokio::time::sleep(RETRY_LATER).await,
         }
     }
 }

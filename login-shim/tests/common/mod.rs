@@ -165,10 +165,12 @@ for dir in "$F"/jobs/*/; do
 done
 "#;
 
-/// `scontrol update JobId=ID Comment=TEXT` and `scontrol -o show job ID`.
+/// `scontrol update JobId=ID Comment=TEXT` and `scontrol [--local] -o show job ID`.
 const SCONTROL: &str = r#"#!/bin/bash
 . '@DIR@/lib.sh'
 log_call scontrol "$@"
+# One cluster, no federation: --local changes nothing.
+[ "$1" = --local ] && shift
 if [ "$1" = update ] && [[ $2 == JobId=* && $3 == Comment=* ]]; then
     id=${2#JobId=}
     if [ ! -d "$F/jobs/$id" ]; then echo "slurm_update error: Invalid job id specified" >&2; exit 1; fi
