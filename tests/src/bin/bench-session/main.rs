@@ -35,7 +35,7 @@ use vscode_slurm_tests::{wait_until, Lab};
 
 use procs::{Kind, Sdiag, Snapshot};
 use report::{Figure, Idle, Mode, Report, MODES};
-use window::{remote_command, Stream, Window, COMMAND_STARTS};
+use window::{remote_command, Stream, Window, Windows, COMMAND_STARTS};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -385,7 +385,7 @@ fn idle(lab: &Lab, cfg: &Config, all_users: &[String]) -> Result<Idle, String> {
     let owners: Vec<String> = (0..windows).map(|i| users[i % users.len()].clone()).collect();
     eprintln!("idle: opening {windows} windows of {} users ({OPENING_AT_ONCE} at a time)", users.len());
     let mut open = open_many(lab, &owners[..users.len()], args)?;
-    open.extend(open_many(lab, &owners[users.len()..], args)?);
+    open.0.append(&mut open_many(lab, &owners[users.len()..], args)?.0);
     let jobs = lab.sh_ok(None, "head", "squeue -h -n vscode:bench-idle -t RUNNING -o %i");
     if jobs.lines().count() != users.len() {
         return Err(format!("expected one running job per user, squeue says:\n{jobs}"));
@@ -418,11 +418,11 @@ fn idle(lab: &Lab, cfg: &Config, all_users: &[String]) -> Result<Idle, String> {
 
     eprintln!("idle: closing the windows, all at once");
     let closing = Instant::now();
-    for window in &mut open {
+    for window in &mut open.0 {
         window.send("close");
     }
     let mut last_closed = closing;
-    for window in &mut open {
+    for window in &mut open.0 {
         let closed = window.wait_line("`closed`", Duration::from_secs(120), |l| {
             l.stream == Stream::Out && l.text.starts_with("closed")
         })?;
@@ -445,9 +445,9 @@ fn idle(lab: &Lab, cfg: &Config, all_users: &[String]) -> Result<Idle, String> {
 }
 
 /// Opens a window for each of `owners`, a few at a time.
-fn open_many(lab: &Lab, owners: &[String], args: &str) -> Result<Vec<Window>, String> {
+fn open_many(lab: &Lab, owners: &[String], args: &str) -> Result<Windows, String> {
     let next = AtomicUsize::new(0);
-    let opened = Mutex::new(Vec::new());
+    let opened = Mutex::new(Windows(Vec::new()));
     let failed = Mutex::new(None);
     thread::scope(|scope| {
         for _ in 0..OPENING_AT_ONCE.min(owners.len()) {
@@ -459,7 +459,7 @@ fn open_many(lab: &Lab, owners: &[String], args: &str) -> Result<Vec<Window>, St
                 }
                 let mut window = Window::start(lab, user, &remote_command(args));
                 match window.open() {
-                    Ok(_) => opened.lock().expect("no thread panicked holding it").push(window),
+                    Ok(_) => opened.lock().expect("no thread panicked holding it").0.push(window),
                     Err(e) => *failed.lock().expect("no thread panicked holding it") = Some(e),
                 }
             });

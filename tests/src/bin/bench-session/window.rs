@@ -251,6 +251,19 @@ impl Drop for Window {
     }
 }
 
+/// Windows that go together: when dropped (however the benchmark ends),
+/// every client is told to close before any is waited for, so that a
+/// hundred open windows are not ended one after the other.
+pub struct Windows(pub Vec<Window>);
+
+impl Drop for Windows {
+    fn drop(&mut self) {
+        for window in &mut self.0 {
+            window.stdin.take();
+        }
+    }
+}
+
 /// What closing a window measured.
 pub struct Closed {
     /// When the client was told to close (it closes ssh's stdin at once).
