@@ -334,19 +334,28 @@ pub mod tests {
         assert_eq!(marked.get(&10), Some(&11));
     }
 
+    /// A process the `nearest_marked_ancestors` tests mark ([`is_marked`]).
+    fn marked(pid: i32, ppid: i32, uid: u32) -> Process {
+        proc(pid, ppid, uid, &["mark"])
+    }
+
+    fn is_marked(p: &Process) -> bool {
+        p.argv == ["mark"]
+    }
+
     #[test]
     fn nearest_marked_ancestors_are_the_nearest() {
         let table = Table::new([
             proc(1, 0, 0, &["init"]),
-            proc(10, 1, 0, &["mark"]),
+            marked(10, 1, 0),
             proc(11, 10, 2001, &["a"]),
-            proc(12, 11, 2001, &["mark"]),
+            marked(12, 11, 2001),
             proc(13, 12, 2001, &["b"]),
             proc(14, 13, 2001, &["c"]),
             proc(20, 1, 2001, &["d"]),
             proc(21, 99, 2001, &["parent not in the table"]),
         ]);
-        let found = table.nearest_marked_ancestors(|p| p.argv == ["mark"]);
+        let found = table.nearest_marked_ancestors(is_marked);
         let mut found: Vec<(i32, i32)> = found.into_iter().collect();
         found.sort_unstable();
         assert_eq!(found, vec![(11, 10), (12, 10), (13, 12), (14, 12)]);
@@ -357,11 +366,11 @@ pub mod tests {
         // Every process one level below the last, the top one marked: an
         // answer per process in linear time, where walking up from each
         // would take fifty million steps.
-        let mut chain = vec![proc(1, 0, 0, &["mark"])];
+        let mut chain = vec![marked(1, 0, 0)];
         chain.extend((2..=10_001).map(|pid| proc(pid, pid - 1, 2001, &["x"])));
         let table = Table::new(chain);
         let t0 = std::time::Instant::now();
-        let found = table.nearest_marked_ancestors(|p| p.argv == ["mark"]);
+        let found = table.nearest_marked_ancestors(is_marked);
         assert_eq!(found.len(), 10_000);
         assert!(found.values().all(|a| *a == 1));
         assert!(t0.elapsed() < Duration::from_secs(2), "took {:?}", t0.elapsed());

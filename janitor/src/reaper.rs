@@ -30,25 +30,6 @@ use crate::jobs::{read_cgroups_of, NodeJobs};
 use crate::judge::Member;
 use crate::process::Job;
 
-/// Forks announce nothing, so while processes ignore SIGTERM the trees are
-/// swept for new children at most this often.
-const SWEEP_EVERY: Duration = Duration::from_millis(100);
-/// A sweep reads every process's stat: the next one waits at least this
-/// many times as long as the last took, so sweeping never takes more than
-/// a fifth of a core however many processes the node has.
-const SWEEP_DUTY: u32 = 4;
-/// Exits come in bursts after a signal to thousands of processes: looking
-/// at most this often bounds the passes over their descriptors.
-const EXIT_POLL_GAP: Duration = Duration::from_millis(10);
-/// SIGKILL cannot be refused, but a process in uninterruptible sleep (a hung
-/// NFS home) takes its time; past this it is reported as a survivor.
-const KILL_WAIT: Duration = Duration::from_secs(5);
-/// A fork bomb could keep the sweep going forever.
-const SWEEP_ROUNDS: usize = 50;
-/// Descriptors left free, whatever the pidfds take: reading /proc (a file
-/// and a directory listing at a time), the log, the notes.
-const DESCRIPTORS_KEPT: usize = 64;
-
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reaped {
     /// Processes signalled, including children found while ending the tree.
@@ -73,6 +54,25 @@ pub struct Target<'a> {
     pub members: &'a [Member],
     pub uid: u32,
 }
+
+/// Forks announce nothing, so while processes ignore SIGTERM the trees are
+/// swept for new children at most this often.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+/// A sweep reads every process's stat: the next one waits at least this
+/// many times as long as the last took, so sweeping never takes more than
+/// a fifth of a core however many processes the node has.
+const SWEEP_DUTY: u32 = 4;
+/// Exits come in bursts after a signal to thousands of processes: looking
+/// at most this often bounds the passes over their descriptors.
+const EXIT_POLL_GAP: Duration = Duration::from_millis(10);
+/// SIGKILL cannot be refused, but a process in uninterruptible sleep (a hung
+/// NFS home) takes its time; past this it is reported as a survivor.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// A fork bomb could keep the sweep going forever.
+const SWEEP_ROUNDS: usize = 50;
+/// Descriptors left free, whatever the pidfds take: reading /proc (a file
+/// and a directory listing at a time), the log, the notes.
+const DESCRIPTORS_KEPT: usize = 64;
 
 struct Handle {
     pinned: Pinned,
@@ -401,6 +401,20 @@ mod tests {
         }
     }
 
+    /// `count` trees of two processes, a shell and its child, that both
+    /// ignore SIGTERM: the shells, and each tree's members.
+    fn stubborn_trees(count: usize) -> (Vec<Child>, Vec<Vec<Member>>) {
+        let shells: Vec<Child> = (0..count).map(|_| start("trap '' TERM; sleep 60 & wait")).collect();
+        let trees = shells
+            .iter()
+            .map(|sh| {
+                let kids = children_once_started(sh.id() as i32, 1);
+                std::iter::once(sh.id() as i32).chain(kids).map(member).collect()
+            })
+            .collect();
+        (shells, trees)
+    }
+
     fn gone(pid: i32) -> bool {
         read_stat(pid).is_none_or(|s| s.state == 'Z')
     }
@@ -501,14 +515,7 @@ mod tests {
     fn past_the_descriptor_budget_processes_are_ended_all_the_same() {
         // Three of the twelve pinned with pidfds, the rest by start time, as
         // when ten thousand trees meet an open-file limit.
-        let mut shells: Vec<Child> = (0..6).map(|_| start("trap '' TERM; sleep 60 & wait")).collect();
-        let trees: Vec<Vec<Member>> = shells
-            .iter()
-            .map(|sh| {
-                let kids = children_once_started(sh.id() as i32, 1);
-                std::iter::once(sh.id() as i32).chain(kids).map(member).collect()
-            })
-            .collect();
+        let (mut shells, trees) = stubborn_trees(6);
         let targets: Vec<Target<'_>> = trees.iter().map(|m| Target { members: m, uid: me() }).collect();
         let reaped = end_trees_within(&targets, &NodeJobs::default(), Duration::from_millis(300), 3);
         for r in &reaped {
@@ -539,14 +546,7 @@ mod tests {
     fn many_trees_share_one_grace_period() {
         // Twenty trees, each with a process that ignores SIGTERM: one grace
         // period for all of them, not one after another, and each tree's own result.
-        let mut shells: Vec<Child> = (0..20).map(|_| start("trap '' TERM; sleep 60 & wait")).collect();
-        let trees: Vec<Vec<Member>> = shells
-            .iter()
-            .map(|sh| {
-                let kids = children_once_started(sh.id() as i32, 1);
-                std::iter::once(sh.id() as i32).chain(kids).map(member).collect()
-            })
-            .collect();
+        let (mut shells, trees) = stubborn_trees(20);
         let targets: Vec<Target<'_>> = trees.iter().map(|m| Target { members: m, uid: me() }).collect();
         let t0 = Instant::now();
         let reaped = end_trees(&targets, &NodeJobs::default(), Duration::from_millis(600));

@@ -239,8 +239,9 @@ mod tests {
 
     #[test]
     fn a_users_own_copy_of_the_layout_is_not_the_job() {
-        let dir = &parse(V2_STEPD).slurmstepd_job_dirs(Some(42))[0];
-        for text in [
+        let v2 = &parse(V2_STEPD).slurmstepd_job_dirs(Some(42))[0];
+        let v1 = &parse(V1_STEPD).slurmstepd_job_dirs(Some(42))[0];
+        let outside_v2 = [
             // systemd delegates user@UID.service to the user, who may build anything below it.
             "0::/user.slice/user-2001.slice/user@2001.service/app.slice/system.slice/slurmstepd.scope/job_42/step_0/user/task_0\n",
             "0::/user.slice/user-2001.slice/session-3.scope\n",
@@ -256,34 +257,33 @@ mod tests {
             "0::/system.slice/slurmstepd.scope/job_42/../../../user.slice\n",
             "0::/system.slice/slurmstepd.scope/job_42//x\n",
             "0::/system.slice/slurmstepd.scope/job_42/.\n",
-        ] {
-            assert!(!parse(text).within(dir), "{text:?}");
-        }
-        let v1 = &parse(V1_STEPD).slurmstepd_job_dirs(Some(42))[0];
-        for text in [
+        ];
+        let outside_v1 = [
             "11:freezer:/slurm/uid_2002/job_42\n",
             "11:freezer:/other/slurm/uid_2001/job_42/step_0\n",
             "7:memory:/slurm/uid_2001/job_42/step_0/task_0\n",
             "0::/slurm/uid_2001/job_42/step_0\n",
-        ] {
-            assert!(!parse(text).within(v1), "{text:?}");
+        ];
+        let cases = outside_v2.map(|text| (v2, text)).into_iter().chain(outside_v1.map(|text| (v1, text)));
+        for (dir, text) in cases {
+            assert!(!parse(text).within(dir), "{text:?}");
         }
     }
 
     #[test]
     fn garbled_files_are_not_understood() {
         for bad in [
-            &b""[..],
-            b"\n",
-            b"0:/x\n",
-            b"x::/a\n",
-            b"::/a\n",
-            b"0::relative\n",
-            b"0::/a\ngarbage\n",
-            b"0::/a\n\n",
-            b"-1::/a\n",
+            "",
+            "\n",
+            "0:/x\n",
+            "x::/a\n",
+            "::/a\n",
+            "0::relative\n",
+            "0::/a\ngarbage\n",
+            "0::/a\n\n",
+            "-1::/a\n",
         ] {
-            assert_eq!(parse_cgroups(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(parse_cgroups(bad.as_bytes()), None, "{bad:?}");
         }
         // Colons and odd bytes in a name are the name's.
         let odd = parse("0::/a:b/\u{fffd} (deleted)\n");

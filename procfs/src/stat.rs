@@ -97,15 +97,15 @@ mod tests {
     #[test]
     fn short_or_garbled_stat_is_none() {
         for bad in [
-            &b"1234 (cut"[..],
-            b"1234 (x) S 1",
-            b"1 (x) S 0",
-            b"",
-            b"garbage",
-            b")(",
-            b"1 (x) S one 1 1 0 -1 0 0 0 0 0 5 6 0 0 20 0 1 0 99 1000 3",
+            "1234 (cut",
+            "1234 (x) S 1",
+            "1 (x) S 0",
+            "",
+            "garbage",
+            ")(",
+            "1 (x) S one 1 1 0 -1 0 0 0 0 0 5 6 0 0 20 0 1 0 99 1000 3",
         ] {
-            assert_eq!(parse_stat(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(parse_stat(bad.as_bytes()), None, "{bad:?}");
         }
     }
 

@@ -4,6 +4,7 @@
 //! The tests expect the lab to be up (`tests/test-all` brings it up and down
 //! around them) and fail with a message saying so when it is not.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -103,6 +104,38 @@ impl Lab {
         std::fs::read_to_string(self.dir.join(relative)).unwrap_or_default()
     }
 
+    /// Every process on `host`, as `ps` lists them.
+    pub fn processes(&self, host: &str) -> Vec<Proc> {
+        self.sh_ok(None, host, "ps -e -o pid=,ppid=,uid=,args=")
+            .lines()
+            .filter_map(|line| {
+                let mut f = line.split_whitespace();
+                Some(Proc {
+                    pid: f.next()?.parse().ok()?,
+                    ppid: f.next()?.parse().ok()?,
+                    uid: f.next()?.parse().ok()?,
+                    args: f.collect::<Vec<_>>().join(" "),
+                })
+            })
+            .collect()
+    }
+
+    /// Which of `pids` are still processes on `host`.
+    pub fn alive(&self, host: &str, pids: &BTreeSet<i32>) -> BTreeSet<i32> {
+        let now: BTreeSet<i32> = self.processes(host).iter().map(|p| p.pid).collect();
+        pids.intersection(&now).copied().collect()
+    }
+
+    /// Runs the script `install(home)` on the login node as alice and bob,
+    /// with `$HOME`, and as root, with /tmp for a home: something in every
+    /// home the login node's janitor looks in.
+    pub fn install_in_every_home(&self, install: impl Fn(&str) -> String) {
+        for user in ["alice", "bob"] {
+            self.sh_ok(Some(user), "login", &install("$HOME"));
+        }
+        self.sh_ok(None, "login", &install("/tmp"));
+    }
+
     /// Submits `sbatch --parsable ARGS` as `user` on the login node and
     /// returns the job's id once it runs: a test that needs the nodes taken
     /// (or a job to find) must not race the scheduler.
@@ -120,6 +153,32 @@ impl Lab {
         );
         job
     }
+}
+
+/// A process on a lab host, from [`Lab::processes`].
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    /// The command line, its words joined by single spaces.
+    pub args: String,
+}
+
+/// The start of a `remote-ssh-client` command line on the laptop: the
+/// session goes to the `cluster-vscode` alias of the lab's ssh config, with
+/// the launch script `template` (a file in the user's laptop home). More
+/// options (`--ssh-option ...`) may follow.
+pub fn remote_ssh_client_argv(template: &str) -> [&str; 7] {
+    [
+        "remote-ssh-client",
+        "--host",
+        "cluster-vscode",
+        "--ssh-config",
+        ".ssh/vscode-slurm.config",
+        "--template",
+        template,
+    ]
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Output;
 use std::time::Duration;
-use vscode_slurm_tests::{stderr_of, stdout_of, wait_until, Lab, LineProcess};
+use vscode_slurm_tests::{stderr_of, stdout_of, wait_until, Lab, LineProcess, Proc};
 
 /// The fake server's version directory, under each user's ~/.vscode-server/bin.
 const COMMIT: &str = "janitor-test-0000";
@@ -28,29 +28,6 @@ fn install_script(home: &str) -> String {
         "set -e; d={home}/.vscode-server/bin/{COMMIT}; mkdir -p $d; cp /bin/sleep $d/node; \
          cat > $d/server.sh <<'EOF'\n{SERVER_SH}EOF\nchmod 755 $d/server.sh"
     )
-}
-
-#[derive(Debug, Clone)]
-struct Proc {
-    pid: i32,
-    ppid: i32,
-    uid: u32,
-    args: String,
-}
-
-fn processes(lab: &Lab) -> Vec<Proc> {
-    lab.sh_ok(None, "login", "ps -e -o pid=,ppid=,uid=,args=")
-        .lines()
-        .filter_map(|line| {
-            let mut f = line.split_whitespace();
-            Some(Proc {
-                pid: f.next()?.parse().ok()?,
-                ppid: f.next()?.parse().ok()?,
-                uid: f.next()?.parse().ok()?,
-                args: f.collect::<Vec<_>>().join(" "),
-            })
-        })
-        .collect()
 }
 
 fn subtree(procs: &[Proc], root: i32) -> BTreeSet<i32> {
@@ -81,7 +58,7 @@ impl Started<'_> {
             &format!("tree {tag} with {size} processes"),
             Duration::from_secs(10),
             || {
-                let procs = processes(lab);
+                let procs = lab.processes("login");
                 let root = procs.iter().find(|p| {
                     p.args.starts_with("bash /")
                         && (p.args.ends_with(&format!("/server.sh {tag}"))
@@ -99,7 +76,7 @@ impl Started<'_> {
 
 impl Drop for Started<'_> {
     fn drop(&mut self) {
-        let procs = processes(self.lab);
+        let procs = self.lab.processes("login");
         let mut pids = BTreeSet::new();
         for root in self.roots.values().chain(&self.extra_pids) {
             if procs.iter().any(|p| p.pid == *root) {
@@ -182,18 +159,10 @@ fn age_secs(lab: &Lab, pid: i32) -> u64 {
     lab.sh_ok(None, "login", &format!("ps -o etimes= -p {pid}")).trim().parse().unwrap_or(0)
 }
 
-fn alive(lab: &Lab, pids: &BTreeSet<i32>) -> BTreeSet<i32> {
-    let now: BTreeSet<i32> = processes(lab).iter().map(|p| p.pid).collect();
-    pids.intersection(&now).copied().collect()
-}
-
 #[test]
 fn janitor_lists_and_ends_exactly_the_orphaned_server_trees() {
     let lab = Lab::get();
-    for user in ["alice", "bob"] {
-        lab.sh_ok(Some(user), "login", &install_script("$HOME"));
-    }
-    lab.sh_ok(None, "login", &install_script("/tmp"));
+    lab.install_in_every_home(install_script);
     let mut started = Started { lab: &lab, roots: BTreeMap::new(), extra_pids: vec![] };
 
     // alice: one left to init, one under a live ssh session, one detached
@@ -222,10 +191,10 @@ fn janitor_lists_and_ends_exactly_the_orphaned_server_trees() {
     let r_root = started.await_tree("R-root", 4);
     let holders: Vec<i32> = [a_held, b_held]
         .iter()
-        .filter_map(|root| processes(&lab).iter().find(|p| p.pid == *root).map(|p| p.ppid))
+        .filter_map(|root| lab.processes("login").iter().find(|p| p.pid == *root).map(|p| p.ppid))
         .collect();
     started.extra_pids.extend(holders.iter().copied());
-    let procs = processes(&lab);
+    let procs = lab.processes("login");
     assert!(holders.len() == 2 && holders.iter().all(|h| *h > 1), "held trees without a holder: {holders:?}");
     assert_ne!(procs.iter().find(|p| p.pid == a_attached).map(|p| p.ppid), Some(1), "not in the session");
     assert_eq!(procs.iter().find(|p| p.pid == r_root).map(|p| p.uid), Some(0));
@@ -292,7 +261,7 @@ fn janitor_lists_and_ends_exactly_the_orphaned_server_trees() {
     );
 
     // Before: every tree's processes, to prove afterwards what went and what stayed.
-    let procs = processes(&lab);
+    let procs = lab.processes("login");
     let trees: BTreeMap<i32, BTreeSet<i32>> =
         started.roots.values().map(|r| (*r, subtree(&procs, *r))).collect();
     let to_end: BTreeSet<i32> =
@@ -323,8 +292,8 @@ fn janitor_lists_and_ends_exactly_the_orphaned_server_trees() {
         ]),
         "{raw}"
     );
-    assert_eq!(alive(&lab, &to_end), BTreeSet::new(), "processes of ended trees left");
-    assert_eq!(alive(&lab, &to_keep), to_keep, "processes that were not to be touched are gone");
+    assert_eq!(lab.alive("login", &to_end), BTreeSet::new(), "processes of ended trees left");
+    assert_eq!(lab.alive("login", &to_keep), to_keep, "processes that were not to be touched are gone");
     assert!(session.child.try_wait().expect("try_wait").is_none(), "the ssh session went away");
 
     // alice's note: hers, readable, saying what, why and the way instead.
@@ -370,7 +339,7 @@ fn kill_logs_one_line_per_tree_and_the_table_says_how_it_ended() {
             "{log}"
         );
     }
-    assert!(alive(&lab, &BTreeSet::from([root])).is_empty());
+    assert!(lab.alive("login", &BTreeSet::from([root])).is_empty());
 }
 
 #[test]

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use vscode_slurm_tests::{stderr_of, stdout_of, wait_until, Lab, LineProcess};
+use vscode_slurm_tests::{stderr_of, stdout_of, wait_until, Lab, LineProcess, Proc};
 
 /// The fake servers' version directory, under ~/.vscode-server/bin (and
 /// /tmp/.vscode-server/bin for root): everything this file starts runs
@@ -45,37 +45,9 @@ fn install_script(home: &str) -> String {
     )
 }
 
-#[derive(Debug, Clone)]
-struct Proc {
-    pid: i32,
-    ppid: i32,
-    uid: u32,
-    args: String,
-}
-
-fn processes(lab: &Lab, host: &str) -> Vec<Proc> {
-    lab.sh_ok(None, host, "ps -e -o pid=,ppid=,uid=,args=")
-        .lines()
-        .filter_map(|line| {
-            let mut f = line.split_whitespace();
-            Some(Proc {
-                pid: f.next()?.parse().ok()?,
-                ppid: f.next()?.parse().ok()?,
-                uid: f.next()?.parse().ok()?,
-                args: f.collect::<Vec<_>>().join(" "),
-            })
-        })
-        .collect()
-}
-
 /// Processes started from this file's directory on `host`.
 fn ours(lab: &Lab, host: &str) -> Vec<Proc> {
-    processes(lab, host).into_iter().filter(|p| p.args.contains(&format!("/bin/{COMMIT}/"))).collect()
-}
-
-fn alive(lab: &Lab, host: &str, pids: &BTreeSet<i32>) -> BTreeSet<i32> {
-    let now: BTreeSet<i32> = processes(lab, host).iter().map(|p| p.pid).collect();
-    pids.intersection(&now).copied().collect()
+    lab.processes(host).into_iter().filter(|p| p.args.contains(&format!("/bin/{COMMIT}/"))).collect()
 }
 
 /// Ends (SIGKILL, by pid) every process this test started and removes its
@@ -160,10 +132,7 @@ fn environ_has(lab: &Lab, host: &str, pid: i32, entry: &str) -> bool {
 #[test]
 fn ten_thousand_fake_servers_neither_crash_nor_stall_the_janitor() {
     let lab = Lab::get();
-    for user in ["alice", "bob"] {
-        lab.sh_ok(Some(user), "login", &install_script("$HOME"));
-    }
-    lab.sh_ok(None, "login", &install_script("/tmp"));
+    lab.install_in_every_home(install_script);
     let mut cleanup = Cleanup { lab: &lab, hosts: &["login"], extra: vec![], jobs: vec![] };
 
     // Left alone: alice's server inside her connected ssh session, her
@@ -240,8 +209,8 @@ fn ten_thousand_fake_servers_neither_crash_nor_stall_the_janitor() {
     );
     assert!(run.seconds < BOUND.as_secs_f64(), "took {:.1} s", run.seconds);
 
-    assert_eq!(alive(&lab, "login", &fakes), BTreeSet::new(), "fakes left");
-    assert_eq!(alive(&lab, "login", &keep), keep, "processes that were not to be touched are gone");
+    assert_eq!(lab.alive("login", &fakes), BTreeSet::new(), "fakes left");
+    assert_eq!(lab.alive("login", &keep), keep, "processes that were not to be touched are gone");
     assert!(session.child.try_wait().expect("try_wait").is_none(), "the ssh session went away");
     drop(session);
     drop(cleanup);
@@ -290,7 +259,7 @@ fn a_forged_job_id_does_not_hide_a_server_outside_any_job() {
 
     let run = janitor_json(&lab, "login", "--kill --min-age 0 --grace 2s --user bob");
     assert_eq!(run.trees, BTreeSet::from([format!("{forged} bob reparented ended")]));
-    assert_eq!(alive(&lab, "login", &BTreeSet::from([forged])), BTreeSet::new());
+    assert_eq!(lab.alive("login", &BTreeSet::from([forged])), BTreeSet::new());
     drop(cleanup);
 }
 
@@ -317,11 +286,12 @@ fn a_real_jobs_processes_are_spared_and_what_left_the_job_is_not() {
     );
     let by_arg = |arg: &str| procs.iter().find(|p| p.args.ends_with(arg)).cloned().expect(arg);
     let (in_job, escaped, forged) = (by_arg(" 3601"), by_arg(" 3602"), by_arg(" 3603"));
-    let stepd = processes(&lab, "c1")
+    let stepd = lab
+        .processes("c1")
         .into_iter()
         .find(|p| p.args == format!("slurmstepd: [{job}.batch]"))
         .expect("the batch step's slurmstepd");
-    let script = processes(&lab, "c1").into_iter().find(|p| p.pid == in_job.ppid).expect("the batch script");
+    let script = lab.processes("c1").into_iter().find(|p| p.pid == in_job.ppid).expect("the batch script");
     assert_eq!(script.ppid, stepd.pid, "the job's server is not below its slurmstepd");
     assert_eq!((escaped.ppid, forged.ppid), (1, 1));
     for p in [&in_job, &escaped, &forged] {
@@ -329,24 +299,22 @@ fn a_real_jobs_processes_are_spared_and_what_left_the_job_is_not() {
     }
 
     // bob has no ssh session on c1: without the job, all three would go.
-    let listed = janitor_json(&lab, "c1", "--min-age 0 --user bob").trees;
-    assert_eq!(
-        listed,
-        BTreeSet::from([
-            format!("{} bob reparented none", escaped.pid),
-            format!("{} bob reparented none", forged.pid)
-        ])
-    );
-    let ended = janitor_json(&lab, "c1", "--kill --min-age 0 --grace 2s --user bob").trees;
-    assert_eq!(
-        ended,
-        BTreeSet::from([
-            format!("{} bob reparented ended", escaped.pid),
-            format!("{} bob reparented ended", forged.pid)
-        ])
-    );
+    // The dry run lists the two outside it, then --kill ends just those.
+    for (args, result) in
+        [("--min-age 0 --user bob", "none"), ("--kill --min-age 0 --grace 2s --user bob", "ended")]
+    {
+        let trees = janitor_json(&lab, "c1", args).trees;
+        assert_eq!(
+            trees,
+            BTreeSet::from([
+                format!("{} bob reparented {result}", escaped.pid),
+                format!("{} bob reparented {result}", forged.pid)
+            ]),
+            "{args}"
+        );
+    }
     let all = BTreeSet::from([in_job.pid, escaped.pid, forged.pid]);
-    assert_eq!(alive(&lab, "c1", &all), BTreeSet::from([in_job.pid]), "only the job's own server is left");
+    assert_eq!(lab.alive("c1", &all), BTreeSet::from([in_job.pid]), "only the job's own server is left");
     assert_eq!(lab.sh_ok(None, "login", &format!("squeue -h -j {job} -o %T")).trim(), "RUNNING");
     drop(cleanup);
 }

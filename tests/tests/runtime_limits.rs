@@ -103,6 +103,29 @@ fn teardown_seconds(line: &str) -> f64 {
     })
 }
 
+/// How a cancelled job's runtime directory went, as [`cancel_and_time_teardown`] saw it.
+struct Teardown {
+    /// Where slurmd's log stood before the job was cancelled.
+    log_from: usize,
+    /// The epilog's teardown line ([`teardown_line`]).
+    line: String,
+    /// The time the line gives.
+    seconds: f64,
+    /// From `scancel` until the job left the queue and the node was idle.
+    until_idle: Duration,
+}
+
+/// Cancels `job` (running on [`NODE`]), waits for it to go and the node to
+/// be idle, and reads what the epilog said about its runtime directory.
+fn cancel_and_time_teardown(lab: &Lab, job: u32) -> Teardown {
+    let log_from = slurmd_log_len(lab, NODE);
+    lab.sh_ok(None, "login", &format!("scancel {job}"));
+    let until_idle = wait_job_gone_and_node_idle(lab, job, NODE);
+    let line = teardown_line(lab, NODE, log_from, job);
+    let seconds = teardown_seconds(&line);
+    Teardown { log_from, line, seconds, until_idle }
+}
+
 /// Perl, not a shell loop: one process making 100 000 files (or a
 /// 200 000-deep chain of directories, each made and entered in turn), which
 /// stops at the first error and says how far it got and why.
@@ -251,11 +274,7 @@ fn a_runtime_dir_filled_every_way_stops_at_its_limits_and_goes_with_the_job() {
     let busy_pid = busy.expect_line("the busy shell's pid", Duration::from_secs(10), |l| !l.is_empty());
     let end_busy = Undo(&lab, vec![(NODE, format!("kill {busy_pid}"))]);
 
-    let log_from = slurmd_log_len(&lab, NODE);
-    lab.sh_ok(None, "login", &format!("scancel {job}"));
-    let until_idle = wait_job_gone_and_node_idle(&lab, job, NODE);
-    let line = teardown_line(&lab, NODE, log_from, job);
-    let seconds = teardown_seconds(&line);
+    let Teardown { log_from, line, seconds, until_idle } = cancel_and_time_teardown(&lab, job);
     println!(
         "epilog teardown: {seconds:.3} s ({line}); scancel to node idle: {:.1} s",
         until_idle.as_secs_f64()
@@ -303,11 +322,7 @@ fn a_200000_deep_tree_goes_with_one_unmount() {
     println!("job {job}: built in {:.1} s:\n{report}", started.elapsed().as_secs_f64());
     assert_eq!(number(&report, "deep"), 200_000, "the chain was not built: {report}");
 
-    let log_from = slurmd_log_len(&lab, NODE);
-    lab.sh_ok(None, "login", &format!("scancel {job}"));
-    let until_idle = wait_job_gone_and_node_idle(&lab, job, NODE);
-    let line = teardown_line(&lab, NODE, log_from, job);
-    let seconds = teardown_seconds(&line);
+    let Teardown { line, seconds, until_idle, .. } = cancel_and_time_teardown(&lab, job);
     println!(
         "epilog teardown of a 200000-deep tree: {seconds:.3} s; scancel to node idle: {:.1} s",
         until_idle.as_secs_f64()

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use vscode_slurm_tests::{wait_until, Lab, LineProcess};
+use vscode_slurm_tests::{remote_ssh_client_argv, wait_until, Lab, LineProcess};
 
 use crate::procs::{self, Handoff, Relay, Socat, StepEnv};
 use crate::report::{Footprint, PathReport, SetupRun};
@@ -239,17 +239,7 @@ fn prepare(lab: &Lab) -> Result<Files, String> {
 }
 
 fn client_argv(template: &str, remote_command: Option<&str>) -> Vec<String> {
-    let mut argv: Vec<String> = [
-        "remote-ssh-client",
-        "--host",
-        "cluster-vscode",
-        "--ssh-config",
-        ".ssh/vscode-slurm.config",
-        "--template",
-        template,
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let mut argv: Vec<String> = remote_ssh_client_argv(template).map(str::to_owned).to_vec();
     if let Some(rc) = remote_command {
         argv.extend(["--ssh-option".to_owned(), format!("RemoteCommand={rc}")]);
     }

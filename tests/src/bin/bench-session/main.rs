@@ -69,57 +69,37 @@ pub struct Milestone {
     matches: fn(&str) -> bool,
 }
 
+impl Milestone {
+    /// A step told on stderr: the shim's log, ssh's and salloc's messages.
+    const fn err(label: &'static str, matches: fn(&str) -> bool) -> Milestone {
+        Milestone { label, stream: Stream::Err, matches }
+    }
+
+    /// A step told on stdout: what VS Code's side (the client) sees.
+    const fn out(label: &'static str, matches: fn(&str) -> bool) -> Milestone {
+        Milestone { label, stream: Stream::Out, matches }
+    }
+}
+
 pub const OPEN_MILESTONES: [Milestone; 9] = [
-    Milestone {
-        label: "ssh connected, the RemoteCommand starts",
-        stream: Stream::Err,
-        matches: |l| l == COMMAND_STARTS,
-    },
-    Milestone {
-        label: "the profile's job found (joining)",
-        stream: Stream::Err,
-        matches: |l| l.contains("joining job "),
-    },
-    Milestone { label: SBATCH_ANSWERED, stream: Stream::Err, matches: |l| l.contains("submitted job ") },
-    Milestone { label: "salloc started", stream: Stream::Err, matches: |l| l.contains("; salloc started") },
-    Milestone {
-        label: "salloc: allocation granted",
-        stream: Stream::Err,
-        matches: |l| l.starts_with("salloc: Granted job allocation"),
-    },
-    Milestone {
-        label: "the launch script's shell runs",
-        stream: Stream::Err,
-        matches: |l| l.contains("the launch script's shell runs"),
-    },
-    Milestone {
-        label: "the window's step runs (srun)",
-        stream: Stream::Err,
-        matches: |l| l.contains("window started in job"),
-    },
-    Milestone {
-        label: "first output at the laptop",
-        stream: Stream::Out,
-        matches: |l| l.starts_with("out: "),
-    },
-    Milestone {
-        label: "`listeningOn` at the laptop",
-        stream: Stream::Out,
-        matches: |l| l.starts_with("result listeningOn="),
-    },
+    Milestone::err("ssh connected, the RemoteCommand starts", |l| l == COMMAND_STARTS),
+    Milestone::err("the profile's job found (joining)", |l| l.contains("joining job ")),
+    Milestone::err(SBATCH_ANSWERED, |l| l.contains("submitted job ")),
+    Milestone::err("salloc started", |l| l.contains("; salloc started")),
+    Milestone::err("salloc: allocation granted", |l| l.starts_with("salloc: Granted job allocation")),
+    Milestone::err("the launch script's shell runs", |l| l.contains("the launch script's shell runs")),
+    Milestone::err("the window's step runs (srun)", |l| l.contains("window started in job")),
+    Milestone::out("first output at the laptop", |l| l.starts_with("out: ")),
+    Milestone::out("`listeningOn` at the laptop", |l| l.starts_with("result listeningOn=")),
 ];
 
 pub const CLOSE_MILESTONES: [Milestone; 2] = [
-    Milestone {
-        label: "salloc relinquishes the allocation",
-        stream: Stream::Err,
-        matches: |l| l.starts_with("salloc: Relinquishing job allocation"),
-    },
-    Milestone {
-        label: "the shim's last line",
-        stream: Stream::Err,
-        matches: |l| l.starts_with("vscode-shim: ") && l.contains("the client closed the session"),
-    },
+    Milestone::err("salloc relinquishes the allocation", |l| {
+        l.starts_with("salloc: Relinquishing job allocation")
+    }),
+    Milestone::err("the shim's last line", |l| {
+        l.starts_with("vscode-shim: ") && l.contains("the client closed the session")
+    }),
 ];
 /// Not a line the laptop sees: when slurmctld allocated the new job, put on
 /// the laptop's clock as the moment sbatch answered plus the time from the

@@ -234,22 +234,18 @@ impl Report {
             measured: join.map_or_else(|| "n/a".into(), secs),
             met: join.map(|j| j <= 0.2),
         });
-        for mode in MODES {
-            let exit = self.runs(mode).stats(Figure::SshExit);
+        // After stdin's EOF: ssh exits in every mode, and the job goes in
+        // the modes that started one.
+        let exits = MODES.map(|mode| (mode, Figure::SshExit, "ssh exits ≤ 0.1 s", 0.1));
+        let gone = [Mode::NewJob, Mode::NoProfile]
+            .map(|mode| (mode, Figure::JobGone, "job gone ≤ 0.5 s, linger 0", 0.5));
+        for (mode, figure, what, bound) in exits.into_iter().chain(gone) {
+            let stats = self.runs(mode).stats(figure);
             out.push(Verdict {
-                target: format!("{}: stdin EOF → ssh exits ≤ 0.1 s (median)", mode.name()),
-                measured: exit
+                target: format!("{}: stdin EOF → {what} (median)", mode.name()),
+                measured: stats
                     .map_or_else(|| "n/a".into(), |s| format!("{} (p90 {})", secs(s.median), secs(s.p90))),
-                met: exit.map(|s| s.median <= 0.1),
-            });
-        }
-        for mode in [Mode::NewJob, Mode::NoProfile] {
-            let gone = self.runs(mode).stats(Figure::JobGone);
-            out.push(Verdict {
-                target: format!("{}: stdin EOF → job gone ≤ 0.5 s, linger 0 (median)", mode.name()),
-                measured: gone
-                    .map_or_else(|| "n/a".into(), |s| format!("{} (p90 {})", secs(s.median), secs(s.p90))),
-                met: gone.map(|s| s.median <= 0.5),
+                met: stats.map(|s| s.median <= bound),
             });
         }
         if let Some(idle) = &self.idle {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use vscode_slurm_tests::events::{self, pidfd, readable_within};
 use vscode_slurm_tests::session::{json_field, OPEN_TIMEOUT};
-use vscode_slurm_tests::Lab;
+use vscode_slurm_tests::{remote_ssh_client_argv, Lab};
 
 /// The name the launch script has in each user's laptop home.
 pub const TEMPLATE: &str = "bench-session.sh";
@@ -81,17 +81,8 @@ impl Window {
     /// RemoteCommand and the benchmark's launch script.
     pub fn start(lab: &Lab, user: &str, remote_command: &str) -> Window {
         let rc = format!("RemoteCommand={remote_command}");
-        let argv = [
-            "remote-ssh-client",
-            "--host",
-            "cluster-vscode",
-            "--ssh-config",
-            ".ssh/vscode-slurm.config",
-            "--template",
-            TEMPLATE,
-            "--ssh-option",
-            rc.as_str(),
-        ];
+        let mut argv = remote_ssh_client_argv(TEMPLATE).to_vec();
+        argv.extend(["--ssh-option", rc.as_str()]);
         let mut command = lab.command(Some(user), "laptop", &argv);
         command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("start labctl exec remote-ssh-client");
