@@ -12,6 +12,7 @@ mod process;
 mod procfs;
 mod reaper;
 mod report;
+mod single_run;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -47,6 +48,10 @@ fn main() {
         eprintln!("vscode-janitor: must run as root: it reads every user's processes");
         std::process::exit(1);
     }
+    let _run = single_run::take().unwrap_or_else(|why| {
+        eprintln!("vscode-janitor: {why}");
+        std::process::exit(1);
+    });
     std::process::exit(run(&cli, only_uid));
 }
 

@@ -108,10 +108,28 @@ pub fn write(home: &Path, uid: u32, gid: u32, text: &str) -> io::Result<PathBuf>
     // Identity changes below are per thread: a thread of its own keeps the
     // rest of the janitor root. A node out of threads (a user's fork bomb)
     // fails this note, not the janitor: Builder, not thread::spawn.
-    let writer = thread::Builder::new()
-        .spawn(move || write_as_user(&home, uid, gid, &text).map(|()| home.join(DIR).join(FILE)))?;
-    writer.join().map_err(|_| io::Error::other("the note writer panicked"))?
+    // The home is the user's: a path through their FUSE mount could stall
+    // the write for ever, so the janitor waits a bounded time and moves on
+    // (the stalled thread ends with the process).
+    let (done, written) = std::sync::mpsc::sync_channel(1);
+    thread::Builder::new().spawn(move || {
+        let _ = done.send(write_as_user(&home, uid, gid, &text).map(|()| home.join(DIR).join(FILE)));
+    })?;
+    match written.recv_timeout(NOTE_WAIT) {
+        Ok(result) => result,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the home did not answer within {NOTE_WAIT:?}"),
+        )),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            Err(io::Error::other("the note writer panicked"))
+        }
+    }
 }
+
+/// How long writing one user's note may take: a local or NFS home answers
+/// in milliseconds.
+const NOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn check(ret: libc::c_int, what: &str) -> io::Result<libc::c_int> {
     if ret < 0 {

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use crate::read::read_prefix;
+use crate::read::read_memory_prefix;
 
 /// Real command lines are far shorter (a VS Code server's is under 1 KiB),
 /// but a process may make its own as long as its address space (the kernel
@@ -15,7 +15,7 @@ const CMDLINE_LIMIT: usize = 8 * 1024;
 /// left out (its beginning could read as another path). The error is the
 /// read's: `NotFound` or `ESRCH` when the process is gone.
 pub fn read_cmdline(pid: i32) -> io::Result<Vec<u8>> {
-    let prefix = read_prefix(&format!("/proc/{pid}/cmdline"), CMDLINE_LIMIT)?;
+    let prefix = read_memory_prefix(format!("/proc/{pid}/cmdline"), CMDLINE_LIMIT)?;
     Ok(prefix.whole_records(0).to_vec())
 }
 

@@ -15,7 +15,7 @@
 
 use std::io;
 
-use crate::read::{read_prefix, Prefix};
+use crate::read::{read_memory_prefix, Prefix};
 
 /// Real environments are a few KiB, some hundred KiB with large module
 /// setups; the kernel lets a plain exec pass at most 6 MiB of arguments and
@@ -35,7 +35,7 @@ impl Environ {
     /// The error is the read's: `NotFound` or `ESRCH` when the process is
     /// gone. A zombie or a kernel thread reads as an empty environment.
     pub fn read(pid: i32) -> io::Result<Environ> {
-        Ok(Environ { prefix: read_prefix(&format!("/proc/{pid}/environ"), ENVIRON_LIMIT)? })
+        Ok(Environ { prefix: read_memory_prefix(format!("/proc/{pid}/environ"), ENVIRON_LIMIT)? })
     }
 
     /// The NUL-separated entries that were read whole (an entry cut by the

@@ -29,6 +29,8 @@ use crate::runtime::{Base, Missing, Removed};
 const POLL: Duration = Duration::from_millis(100);
 /// SIGKILL rounds: each catches what was forked since the previous scan.
 const KILL_ROUNDS: usize = 10;
+/// Lines about processes that could not be judged, at most.
+const MAX_ERROR_LINES: usize = 20;
 /// Pids listed per log line; the rest are counted.
 const MAX_LISTED_PIDS: usize = 32;
 
@@ -98,8 +100,14 @@ pub fn run(spank: &SpankHandle) {
         log_info(&format!("vscode: job {}: owned by root, so no processes are ended", job.id));
     } else {
         let outcome = sweep(&job, grace);
-        for line in &outcome.scan_errors {
+        // A user can make thousands of processes unreadable: the log gets
+        // a bounded number of lines about them.
+        for line in outcome.scan_errors.iter().take(MAX_ERROR_LINES) {
             log_error(line);
+        }
+        if outcome.scan_errors.len() > MAX_ERROR_LINES {
+            let more = outcome.scan_errors.len() - MAX_ERROR_LINES;
+            log_error(&format!("vscode: job {}: and {more} more such lines", job.id));
         }
         for line in outcome.log_lines(&job, grace) {
             log_info(&line);
@@ -201,7 +209,7 @@ fn sweep(job: &Job, grace: Duration) -> Outcome {
 /// Unreadable entries are skipped: processes come and go while /proc is read.
 fn scan(job: &Job, own_pid: i32, errors: &mut BTreeSet<String>) -> Vec<Pinned> {
     match pids() {
-        Ok(pids) => pids.into_iter().filter_map(|pid| check(pid, own_pid, job)).collect(),
+        Ok(pids) => pids.into_iter().filter_map(|pid| check(pid, own_pid, job, errors)).collect(),
         Err(e) => {
             errors.insert(format!("vscode: job {}: cannot list /proc: {e}", job.id));
             Vec::new()
@@ -212,14 +220,28 @@ fn scan(job: &Job, own_pid: i32, errors: &mut BTreeSet<String>) -> Vec<Pinned> {
 /// Pins `pid` first, then reads its uid and environment: whatever is read
 /// after pinning either describes the pinned process or a successor, and a
 /// signal to a successor through the pin fails.
-fn check(pid: i32, own_pid: i32, job: &Job) -> Option<Pinned> {
+///
+/// A process whose environment cannot be read in time (its owner can stall
+/// the read, see `vscode_slurm_procfs`) is left alone and named in the log:
+/// the epilog must end, whatever the user does.
+fn check(pid: i32, own_pid: i32, job: &Job, errors: &mut BTreeSet<String>) -> Option<Pinned> {
     let pinned = Pinned::open(pid)?;
     let uid = read_uids(pid)?.real;
     // Cheap test first: most processes on a node are someone else's.
     if uid != job.uid {
         return None;
     }
-    let environ = Environ::read(pid).ok()?;
+    let environ = match Environ::read(pid) {
+        Ok(environ) => environ,
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            errors.insert(format!(
+                "vscode: job {}: the environment of pid {pid} (uid {uid}) could not be read in time; left running",
+                job.id
+            ));
+            return None;
+        }
+        Err(_) => return None,
+    };
     is_job_process(pid, own_pid, uid, environ.as_bytes(), job).then_some(pinned)
 }
 
