@@ -359,8 +359,7 @@ fn session_relays_filters_and_ends_on_stdin_eof() {
             "the relay did not accept a connection; stderr: {}",
             shim.stderr()
         );
-        // allow-sleep: another process's accept() announces nothing; its socket table is all there is
-        thread::sleep(Duration::from_millis(10));
+        thread::sleep(Duration::from_millis(10)); // allow-sleep: another process's accept() announces nothing; its socket table is all there is
     }
     // Not answered: a bounded look, as that nothing comes can only be seen
     // for so long.

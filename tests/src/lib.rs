@@ -355,8 +355,7 @@ pub fn wait_until<T: std::fmt::Debug>(
         }
         // What is awaited here (a job's state in slurmctld, a process or a
         // file inside another host's namespaces) announces nothing to us.
-        // allow-sleep: no event exists for these states; they can only be looked at again
-        thread::sleep(Duration::from_millis(100));
+        thread::sleep(Duration::from_millis(100)); // allow-sleep: no event exists for these states; they can only be looked at again
     }
 }
 

@@ -374,8 +374,7 @@ impl Cluster {
                 return;
             }
             assert!(Instant::now() < deadline, "job {id}'s comments never went {want:?}: {comments:?}");
-            // allow-sleep: the keeper's Comment reaches only a file (the fake scontrol's record).
-            thread::sleep(Duration::from_millis(20));
+            thread::sleep(Duration::from_millis(20)); // allow-sleep: the keeper's Comment reaches only a file (the fake scontrol's record).
         }
     }
 }

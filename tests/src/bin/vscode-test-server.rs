@@ -428,8 +428,7 @@ fn serve(listener: Listener) -> ! {
 /// Running out of descriptors or threads is transient; back off instead of spinning.
 fn accept_failed(e: io::Error) {
     eprintln!("vscode-test-server: accept: {e}");
-    // allow-sleep: nothing announces that descriptors or threads are free again
-    thread::sleep(Duration::from_millis(100));
+    thread::sleep(Duration::from_millis(100)); // allow-sleep: nothing announces that descriptors or threads are free again
 }
 
 /// The real CLI ends with the launch script's shell; so do we, or tests would leak servers.

@@ -373,8 +373,7 @@ fn idle(lab: &Lab, cfg: &Config, all_users: &[String]) -> Result<Idle, String> {
     // The windows' set-up is done (every client saw its server answer), but
     // the keepers' Comment updates and the last connections' teardown are
     // not announced to anyone: give them a moment to pass.
-    // allow-sleep: nothing announces that the set-up's after-effects are over
-    thread::sleep(Duration::from_secs(2));
+    thread::sleep(Duration::from_secs(2)); // allow-sleep: nothing announces that the set-up's after-effects are over
 
     let sdiag = || Sdiag::parse(&lab.sh_ok(None, "head", "sdiag"));
     let rpc_before = sdiag();
