@@ -388,8 +388,7 @@ fn idle(lab: &Lab, cfg: &Config, all_users: &[String]) -> Result<Idle, String> {
         ));
     }
     eprintln!("idle: {windows} windows open; nothing happens for {} s", cfg.idle.as_secs());
-    // allow-sleep: the idle period is the workload; its RPCs and CPU are what is measured
-    thread::sleep(cfg.idle);
+    thread::sleep(cfg.idle); // allow-sleep: the idle period is the workload; its RPCs and CPU are what is measured
     let after = Snapshot::take(&lab.dir, "login")?;
     let rpc_after = sdiag();
     let idle_secs = rpc_from.elapsed().as_secs_f64();
