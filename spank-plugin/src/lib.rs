@@ -15,6 +15,7 @@ pub mod bind;
 pub mod config;
 pub mod epilog;
 pub mod failure;
+pub mod release;
 pub mod remote;
 
 use std::error::Error;
