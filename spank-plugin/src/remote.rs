@@ -16,8 +16,10 @@
 
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{fchown, DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use slurm_spank::{spank_log, LogLevel, SpankHandle};
@@ -110,11 +112,8 @@ pub fn ensure_job_dir(base: &Path, job_id: u32, uid: u32, gid: u32) -> Result<Pa
     let path = job_dir_path(base, job_id);
     let fail =
         |why: String| Failure::new(format!("vscode: job {job_id}: job directory {}: {why}", path.display()));
-    let created = match DirBuilder::new().mode(0o700).create(&path) {
-        Ok(()) => true,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-        Err(e) => return Err(fail(format!("cannot create it: {e}"))),
-    };
+    let created =
+        create_owned_dir(base, &path, uid, gid).map_err(|e| fail(format!("cannot create it: {e}")))?;
     // O_NOFOLLOW + O_DIRECTORY: whatever is checked and changed below is the
     // directory itself, never something a link points to.
     let dir = open_dir_nofollow(&path).map_err(|e| {
@@ -123,24 +122,70 @@ pub fn ensure_job_dir(base: &Path, job_id: u32, uid: u32, gid: u32) -> Result<Pa
         ))
     })?;
     let meta = dir.metadata().map_err(|e| fail(format!("cannot inspect it: {e}")))?;
-    if created {
-        if let Err(e) = fchown(&dir, Some(uid), Some(gid)) {
-            // A root-owned leftover would make every later step of the job fail.
-            let _ = fs::remove_dir(&path);
-            return Err(fail(format!("cannot give it to uid {uid} gid {gid}: {e}")));
-        }
-    } else if meta.uid() != uid {
+    if meta.uid() != uid {
         return Err(fail(format!(
             "exists but is owned by uid {}, not the job's uid {uid}; remove it if no job {job_id} is \
              running here",
             meta.uid()
         )));
     }
-    if created || meta.mode() & 0o7777 != 0o700 {
+    if !created && meta.mode() & 0o7777 != 0o700 {
         dir.set_permissions(Permissions::from_mode(0o700))
             .map_err(|e| fail(format!("cannot set its mode to 0700: {e}")))?;
     }
     Ok(path)
+}
+
+/// Makes `path` a directory of `uid`:`gid` with mode 0700, or finds it made
+/// (`Ok(false)`). It is built under a name of its own and renamed into place
+/// only once it is the user's, never replacing anything: steps of one job can
+/// start at the same moment (Slurm 26.05 starts a job's batch step and its
+/// first `srun --overlap` step together), and a step that saw the directory
+/// between another step's mkdir and chown would find it root's and fail.
+fn create_owned_dir(base: &Path, path: &Path, uid: u32, gid: u32) -> io::Result<bool> {
+    static ATTEMPT: AtomicU32 = AtomicU32::new(0);
+    if fs::symlink_metadata(path).is_ok() {
+        return Ok(false);
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // Only root writes in the base directory, so nobody else can plant this name.
+    let temp =
+        base.join(format!(".{name}.{}.{}", std::process::id(), ATTEMPT.fetch_add(1, Ordering::Relaxed)));
+    DirBuilder::new().mode(0o700).create(&temp)?;
+    let made = open_dir_nofollow(&temp).and_then(|dir| {
+        fchown(&dir, Some(uid), Some(gid))?;
+        dir.set_permissions(Permissions::from_mode(0o700))?;
+        rename_noreplace(&temp, path)
+    });
+    match made {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            let _ = fs::remove_dir(&temp);
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// rename(2) that fails with EEXIST instead of replacing `to`.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path with a NUL byte"))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both are NUL-terminated paths that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Whether job `job_id` has a directory here, i.e. a `--vscode` step ran on
@@ -231,6 +276,31 @@ mod tests {
         assert_eq!(remove_job_dir(&base, 42).unwrap(), Some(job.clone()));
         assert!(!job_dir_exists(&base, 42));
         assert_eq!(remove_job_dir(&base, 42).unwrap(), None);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Steps of one job starting together all get the user's directory;
+    /// none ever sees it root's (seen with Slurm 26.05 before the rename).
+    #[test]
+    fn concurrent_steps_of_a_job_all_find_the_users_directory() {
+        let Some(root) = scratch("race") else { return };
+        let base = root.join("runtime");
+        ensure_base_dir(&base).unwrap();
+        for job in 0..50 {
+            let steps: Vec<_> = (0..4)
+                .map(|_| {
+                    let base = base.clone();
+                    std::thread::spawn(move || ensure_job_dir(&base, job, 2001, 2002))
+                })
+                .collect();
+            for step in steps {
+                let dir = step.join().unwrap().unwrap_or_else(|e| panic!("job {job}: {e}"));
+                let meta = fs::symlink_metadata(&dir).unwrap();
+                assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (2001, 2002, 0o700));
+            }
+        }
+        let left: Vec<_> = fs::read_dir(&base).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 50, "temporary directories left: {left:?}");
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -123,3 +123,31 @@ fn the_plugin_is_configured_as_required() {
         assert!(conf.starts_with('#'), "plugstack line without a plugin: {conf:?}");
     }
 }
+
+/// What the plugin's epilog relies on, in every release: salloc/sbatch
+/// `--vscode` sets the job-control variable that reaches the job's epilog as
+/// `SPANK_VSCODE=1` (the lab's epilog script logs it); other jobs have none.
+#[test]
+fn the_epilog_sees_spank_vscode_for_vscode_jobs_only() {
+    let lab = Lab::get();
+    let submit = |args: &str| -> u32 {
+        let out = lab.sh_ok(Some("alice"), "login", &format!("sbatch --parsable {args} --wrap true"));
+        out.trim().parse().unwrap_or_else(|_| panic!("no job id from sbatch {args}: {out:?}"))
+    };
+    for (args, wanted) in [("--vscode", "vscode=1"), ("", "vscode=")] {
+        let job = submit(args);
+        let lines = wait_until(
+            &format!("the epilog line of job {job} (sbatch {args})"),
+            Duration::from_secs(30),
+            || {
+                lab.read("log/epilog.log")
+                    .lines()
+                    .filter(|l| l.contains(&format!(" job={job} ")))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            },
+            |lines| !lines.is_empty(),
+        );
+        assert!(lines[0].ends_with(&format!(" {wanted}")), "sbatch {args}: {lines:?}");
+    }
+}
