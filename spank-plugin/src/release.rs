@@ -33,6 +33,11 @@
 //!    init (a bad plugstack line) returns its error as in every earlier
 //!    release: the step fails with the `vscode:` line, and the node is not
 //!    drained for what is a configuration mistake.
+//! 5. **`SLURM_JOB_END_TIME`** is in a job's environment from 23.02 on;
+//!    22.05 has none, and no spank item gives the end time. The plugin does
+//!    not set `VSCODE_SLURM_JOB_END` from it: the keeper asks the controller
+//!    for the time left before each warning, which also sees a limit an
+//!    admin moved, and works the same in every release.
 //!
 //! Nothing else the plugin relies on differs between the three releases, as
 //! the lab shows on each: options registered in `slurm_spank_init` reach

@@ -139,9 +139,10 @@ pub fn ensure_job_dir(base: &Path, job_id: u32, uid: u32, gid: u32) -> Result<Pa
 /// Makes `path` a directory of `uid`:`gid` with mode 0700, or finds it made
 /// (`Ok(false)`). It is built under a name of its own and renamed into place
 /// only once it is the user's, never replacing anything: steps of one job can
-/// start at the same moment (Slurm 26.05 starts a job's batch step and its
-/// first `srun --overlap` step together), and a step that saw the directory
-/// between another step's mkdir and chown would find it root's and fail.
+/// start at the same moment (seen in the lab with Slurm 26.05: a session's
+/// batch step and its first `srun --overlap` step), and a step that saw the
+/// directory between another step's mkdir and chown found it root's and
+/// failed, which failed the batch step and drained the node.
 fn create_owned_dir(base: &Path, path: &Path, uid: u32, gid: u32) -> io::Result<bool> {
     static ATTEMPT: AtomicU32 = AtomicU32::new(0);
     if fs::symlink_metadata(path).is_ok() {
