@@ -2,7 +2,7 @@
 //! proven on it counts.
 
 use std::time::Duration;
-use vscode_slurm_tests::{stderr_of, stdout_of, wait_until, Lab};
+use vscode_slurm_tests::{release, stderr_of, stdout_of, wait_until, Lab};
 
 #[test]
 fn laptop_reaches_the_login_node_over_real_ssh() {
@@ -150,4 +150,37 @@ fn the_epilog_sees_spank_vscode_for_vscode_jobs_only() {
         );
         assert!(lines[0].ends_with(&format!(" {wanted}")), "sbatch {args}: {lines:?}");
     }
+}
+
+/// The lab runs the release the tests expect on every cluster host, from
+/// that release's Debian suite: Slurm's own programs say so, and so does the
+/// root each host runs on (22.05: this machine's). The laptop is the user's
+/// machine and stays on this machine's root whatever the cluster runs.
+#[test]
+fn every_cluster_host_runs_the_release_under_test_from_its_suite() {
+    let lab = Lab::get();
+    let env = stdout_of(&lab.labctl(&["env"]));
+    let suite = env.lines().find_map(|l| l.strip_prefix("SUITE=")).expect("SUITE= in labctl env").to_owned();
+    let machine = std::fs::read_to_string("/etc/os-release").expect("this machine's os-release");
+    let codename = |os_release: &str| {
+        os_release
+            .lines()
+            .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+            .unwrap_or("")
+            .trim_matches('"')
+            .to_owned()
+    };
+    let wanted = format!("slurm-wlm {}.", release());
+    for (host, program) in
+        [("login", "sinfo"), ("login2", "squeue"), ("head", "slurmctld"), ("c1", "slurmd"), ("c2", "slurmd")]
+    {
+        let version = lab.sh_ok(None, host, &format!("{program} -V"));
+        assert!(version.starts_with(&wanted), "{program} -V on {host}: {version:?}, want {wanted}x");
+        assert_eq!(codename(&lab.sh_ok(None, host, "cat /etc/os-release")), suite, "{host}'s root");
+    }
+    assert_eq!(
+        codename(&lab.sh_ok(None, "laptop", "cat /etc/os-release")),
+        codename(&machine),
+        "the laptop's root"
+    );
 }
