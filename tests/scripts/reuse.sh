@@ -31,6 +31,12 @@ mkdir -p "$SERVER_DIR/bin" || launch_failed 35 "cannot create $SERVER_DIR/bin"
 TEST_SERVER="$(command -v vscode-test-server)" || launch_failed 36 "vscode-test-server is not on PATH"
 ln -sfT "$TEST_SERVER" "$SERVER_SCRIPT" || launch_failed 37 "cannot install $SERVER_SCRIPT"
 
+# Two windows opened at the same moment run this script at the same moment in
+# one job: without a lock both would find no server and start one each, and
+# the windows would not share it. So one launch at a time, per commit.
+exec 9>"$SERVER_DATA_DIR/.$DISTRO_COMMIT.reuse.lock" || launch_failed 39 "cannot open the launch lock"
+flock 9 || launch_failed 39 "cannot take the launch lock"
+
 SERVER_PID="$(cat "$SERVER_PIDFILE" 2>/dev/null)"
 LISTENING_ON=
 if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -42,7 +48,7 @@ if [[ -z "$LISTENING_ON" ]]; then
     TOKEN="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     (umask 077 && printf '%s' "$TOKEN" > "$TOKEN_FILE") || launch_failed 37 "cannot write $TOKEN_FILE"
     rm -f "$SERVER_LOGFILE"
-    "$SERVER_SCRIPT" --start-server --host=127.0.0.1 --accept-server-license-terms --enable-remote-auto-shutdown --port=0 --connection-token-file "$TOKEN_FILE" &> "$SERVER_LOGFILE" &
+    "$SERVER_SCRIPT" --start-server --host=127.0.0.1 --accept-server-license-terms --enable-remote-auto-shutdown --port=0 --connection-token-file "$TOKEN_FILE" &> "$SERVER_LOGFILE" 9>&- &
     SERVER_PID=$!
     echo "$SERVER_PID" > "$SERVER_PIDFILE"
     WAIT_UNTIL=$((SECONDS + 30))
@@ -53,6 +59,7 @@ if [[ -z "$LISTENING_ON" ]]; then
         sleep 0.1
     done
 fi
+exec 9>&-
 [[ -n "$LISTENING_ON" ]] || launch_failed 38 "the server did not report a port"
 
 echo "$DISTRO_ID: start"
