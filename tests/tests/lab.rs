@@ -87,12 +87,25 @@ fn job_fed_through_stdin_runs_on_a_compute_node() {
 fn sbatch_and_scancel_work_and_the_epilog_runs_for_every_job() {
     let lab = Lab::get();
     let long_job = lab.running_batch_job("alice", "--wrap 'sleep 300'", Duration::from_secs(20));
+    let node = lab.sh_ok(None, "login", &format!("squeue -h -j {long_job} -o %N")).trim().to_owned();
+    let sleeps = || lab.sh_ok(None, &node, "pgrep -u alice -x sleep || true");
+    // Cancelled once its script runs: RUNNING in the queue comes before the
+    // launch on the node, and a cancel overtaking the launch is not this test.
+    wait_until("the job's script to run", Duration::from_secs(20), sleeps, |pids| !pids.trim().is_empty());
     lab.sh_ok(Some("alice"), "login", &format!("scancel {long_job}"));
     wait_until(
         "the cancelled job to leave the queue",
         Duration::from_secs(20),
         || lab.sh_ok(Some("alice"), "login", "squeue -h -u alice -o %i"),
         |ids| !ids.split_whitespace().any(|id| id == long_job.to_string()),
+    );
+    // The cancel ended the script on the node too, not only the queue entry
+    // (a leftover would also fail every later test's "nothing left" check).
+    wait_until(
+        &format!("job {long_job}'s sleep to end on {node}"),
+        Duration::from_secs(20),
+        sleeps,
+        |pids| pids.trim().is_empty(),
     );
     let quick = lab.sh_ok(Some("bob"), "login", "sbatch --parsable -N2 --wrap 'srun hostname'");
     let two_node_job: u32 = quick.trim().parse().expect("job id");
