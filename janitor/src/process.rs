@@ -50,8 +50,10 @@ impl Process {
 
     /// The root-owned privilege-separation monitor of an ssh session, which
     /// exists for as long as the session is connected: `sshd: alice [priv]`
-    /// (`sshd-session: ...` from OpenSSH 9.8). Only root can own it, so a
-    /// user cannot keep servers alive by naming a process after it.
+    /// (`sshd-session: ...` from OpenSSH 9.8; titled `[postauth]` instead of
+    /// `[priv]` by OpenSSH 10.6, Debian testing's, seen with Slurm 26.05 in
+    /// the lab). Only root can own it, so a user cannot keep servers alive by
+    /// naming a process after it.
     pub fn ssh_session_user(&self) -> Option<&str> {
         if self.uid != 0 || self.euid != 0 {
             return None;
@@ -64,7 +66,7 @@ impl Process {
         }
         let title = self.argv.first()?.trim();
         let rest = title.strip_prefix(program)?.strip_prefix(": ")?;
-        let user = rest.strip_suffix(" [priv]")?;
+        let user = rest.strip_suffix(" [priv]").or_else(|| rest.strip_suffix(" [postauth]"))?;
         (!user.is_empty() && !user.contains(' ')).then_some(user)
     }
 
@@ -276,6 +278,9 @@ pub mod tests {
         let mut new_style = proc(5, 1, 0, &["sshd-session: carol [priv]"]);
         new_style.exe = Some("/usr/lib/openssh/sshd-session".into());
         assert_eq!(new_style.ssh_session_user(), Some("carol"));
+        let mut openssh_10_6 = proc(5, 1, 0, &["sshd-session: dave [postauth]"]);
+        openssh_10_6.exe = Some("/usr/lib/openssh/sshd-session".into());
+        assert_eq!(openssh_10_6.ssh_session_user(), Some("dave"));
 
         let mut user_side = proc(6, 5, 2001, &["sshd: alice@notty"]);
         user_side.exe = Some("/usr/sbin/sshd".into());

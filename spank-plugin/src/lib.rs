@@ -16,6 +16,7 @@ pub mod config;
 pub mod epilog;
 pub mod failure;
 pub mod mounts;
+pub mod release;
 pub mod remote;
 pub mod runtime;
 

@@ -3,6 +3,11 @@
 //!
 //! The tests expect the lab to be up (`tests/test-all` brings it up and down
 //! around them) and fail with a message saying so when it is not.
+//!
+//! The lab runs one Slurm release ([`release`], from `VSCODE_SLURM_RELEASE`,
+//! 22.05 by default); tests/test-all runs the suite once per release, so a
+//! test that depends on the release asks for it here instead of assuming
+//! Debian 12's.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -20,8 +25,88 @@ pub struct Lab {
     env: Vec<(String, String)>,
 }
 
+/// The Slurm release the tests expect the lab to run ("22.05", "24.11" or
+/// "26.05"): `VSCODE_SLURM_RELEASE`, which tests/lab/labctl also reads, so a
+/// test's own lab ([`Lab::own`]) runs the same release as the shared one.
+pub fn release() -> String {
+    std::env::var("VSCODE_SLURM_RELEASE").unwrap_or_else(|_| "22.05".to_owned())
+}
+
+/// The release as Slurm's `SLURM_VERSION_NUMBER` has it, without the micro
+/// part: `0x1605` for 22.05, what a plugin's `plugin_version >> 8` must be.
+pub fn release_number() -> u32 {
+    let text = release();
+    let parse = |part: Option<&str>| part.and_then(|p| p.parse::<u32>().ok());
+    let mut parts = text.split('.');
+    match (parse(parts.next()), parse(parts.next()), parts.next()) {
+        (Some(major), Some(minor), None) if minor < 0x100 => (major << 8) | minor,
+        _ => panic!("VSCODE_SLURM_RELEASE={text:?} is not a release like 24.11"),
+    }
+}
+
+/// The include directory with the Slurm headers of [`release`]: the
+/// machine's for 22.05, its lab root filesystem's otherwise (as `labctl
+/// rootfs` names it, building it the first time).
+pub fn slurm_include_dir() -> PathBuf {
+    let labctl = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/labctl");
+    let out =
+        Command::new(labctl).args(["rootfs", "--slurm", &release()]).output().expect("run labctl rootfs");
+    assert!(out.status.success(), "labctl rootfs failed: {}", String::from_utf8_lossy(&out.stderr));
+    Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("usr/include")
+}
+
+/// The file offset of the dynamic symbol `name` in an ELF64 little-endian
+/// shared object (a plugin's `plugin_version`, which Slurm compares with its
+/// own release before it loads the plugin).
+pub fn elf_symbol_offset(elf: &[u8], name: &str) -> usize {
+    let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().unwrap()) as usize;
+    let u32_at = |at: usize| u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) as usize;
+    let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap()) as usize;
+    assert_eq!(&elf[..5], b"\x7fELF\x02", "not an ELF64 file");
+    let (shoff, shentsize, shnum) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c));
+    // (type, addr, offset, size, link, entsize) of section i
+    let section = |i: usize| {
+        let h = shoff + i * shentsize;
+        (
+            u32_at(h + 4),
+            u64_at(h + 0x10),
+            u64_at(h + 0x18),
+            u64_at(h + 0x20),
+            u32_at(h + 0x28),
+            u64_at(h + 0x38),
+        )
+    };
+    const SHT_DYNSYM: usize = 11;
+    let (_, _, symoff, symsize, strndx, symentsize) =
+        (0..shnum).map(section).find(|s| s.0 == SHT_DYNSYM).expect("a .dynsym section");
+    let (_, _, stroff, _, _, _) = section(strndx);
+    for sym in (symoff..symoff + symsize).step_by(symentsize) {
+        let name_at = stroff + u32_at(sym);
+        let end = name_at + elf[name_at..].iter().position(|b| *b == 0).unwrap();
+        if &elf[name_at..end] == name.as_bytes() {
+            let (value, shndx) = (u64_at(sym + 8), u16_at(sym + 6));
+            let (_, addr, offset, _, _, _) = section(shndx);
+            return value - addr + offset;
+        }
+    }
+    panic!("no dynamic symbol {name}");
+}
+
+/// The `plugin_version` a SPANK plugin file carries (`0x180b05` for 24.11.5).
+pub fn plugin_version(elf: &[u8]) -> u32 {
+    let at = elf_symbol_offset(elf, "plugin_version");
+    u32::from_le_bytes(elf[at..at + 4].try_into().unwrap())
+}
+
+/// Whether the lab's cluster hosts run this machine's own Slurm packages
+/// (22.05) rather than a Debian suite's root filesystem of their own.
+pub fn release_is_the_machines() -> bool {
+    release() == "22.05"
+}
+
 impl Lab {
-    /// The running lab; panics with what to do when it is not up.
+    /// The running lab; panics with what to do when it is not up, or when it
+    /// runs another Slurm release than the tests expect.
     pub fn get() -> Lab {
         let labctl = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/labctl");
         let dir = PathBuf::from(
@@ -33,6 +118,17 @@ impl Lab {
             status.status.success(),
             "the lab is not up: run `tests/test-all` (or `tests/lab/labctl up` after a release build)\n{}",
             String::from_utf8_lossy(&status.stderr)
+        );
+        let running = lab.read("release");
+        assert_eq!(
+            running.trim(),
+            release(),
+            "the lab in {} runs Slurm {}, the tests expect {} (VSCODE_SLURM_RELEASE): bring it up with \
+             `tests/lab/labctl up --slurm {}`",
+            lab.dir.display(),
+            running.trim(),
+            release(),
+            release()
         );
         lab
     }

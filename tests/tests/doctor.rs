@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use vscode_slurm_tests::{stderr_of, stdout_of, wait_until, Lab, RestoreFile};
+use vscode_slurm_tests::{
+    elf_symbol_offset, plugin_version, release, release_number, stderr_of, stdout_of, wait_until, Lab,
+    RestoreFile,
+};
 
 fn doctor(lab: &Lab, args: &str) -> Output {
     lab.sh(Some("alice"), "login", &format!("vscode-shim doctor {args}"))
@@ -133,42 +136,6 @@ fn assert_restored(lab: &Lab, path: &PathBuf, text: &str) {
     assert!(help.lines().any(|l| l.trim_start().starts_with("--vscode")), "plugin not back:\n{help}");
 }
 
-/// The file offset of the dynamic symbol `name` in an ELF64 little-endian
-/// shared object.
-fn symbol_offset(elf: &[u8], name: &str) -> usize {
-    let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().unwrap()) as usize;
-    let u32_at = |at: usize| u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) as usize;
-    let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap()) as usize;
-    assert_eq!(&elf[..5], b"\x7fELF\x02", "not an ELF64 file");
-    let (shoff, shentsize, shnum) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c));
-    // (type, addr, offset, size, link, entsize) of section i
-    let section = |i: usize| {
-        let h = shoff + i * shentsize;
-        (
-            u32_at(h + 4),
-            u64_at(h + 0x10),
-            u64_at(h + 0x18),
-            u64_at(h + 0x20),
-            u32_at(h + 0x28),
-            u64_at(h + 0x38),
-        )
-    };
-    const SHT_DYNSYM: usize = 11;
-    let (_, _, symoff, symsize, strndx, symentsize) =
-        (0..shnum).map(section).find(|s| s.0 == SHT_DYNSYM).expect("a .dynsym section");
-    let (_, _, stroff, _, _, _) = section(strndx);
-    for sym in (symoff..symoff + symsize).step_by(symentsize) {
-        let name_at = stroff + u32_at(sym);
-        let end = name_at + elf[name_at..].iter().position(|b| *b == 0).unwrap();
-        if &elf[name_at..end] == name.as_bytes() {
-            let (value, shndx) = (u64_at(sym + 8), u16_at(sym + 6));
-            let (_, addr, offset, _, _, _) = section(shndx);
-            return value - addr + offset;
-        }
-    }
-    panic!("no dynamic symbol {name}");
-}
-
 /// A plugin of another Slurm release, as an admin gets by installing the
 /// package built for the wrong release: the lab's own plugin with the
 /// `plugin_version` Slurm checks changed to 23.11.5.
@@ -180,9 +147,9 @@ fn doctor_names_the_package_when_the_plugin_is_for_another_release() {
     {
         let plugin = lab.dir.join("lib/spank_vscode.so");
         let mut elf = fs::read(&plugin).expect("the lab's plugin");
-        let at = symbol_offset(&elf, "plugin_version");
-        let ours = u32::from_le_bytes(elf[at..at + 4].try_into().unwrap());
-        assert_eq!(ours >> 8, 0x1605, "the lab's plugin should be for 22.05: {ours:#x}");
+        let at = elf_symbol_offset(&elf, "plugin_version");
+        let ours = plugin_version(&elf);
+        assert_eq!(ours >> 8, release_number(), "the lab's plugin should be for {}: {ours:#x}", release());
         elf[at..at + 4].copy_from_slice(&0x17_0b_05u32.to_le_bytes());
         let other = lab.dir.join("lib/spank_vscode-23.11.so");
         restore.added.push(other.clone());
@@ -200,7 +167,10 @@ fn doctor_names_the_package_when_the_plugin_is_for_another_release() {
         assert!(lines[fail].contains(&format!("{} version (23.11.5)", other.display())), "{report}");
         assert_eq!(
             lines[fail + 1],
-            "      fix: install vscode-slurm-slurm22.05 (built for this Slurm) on every node instead"
+            format!(
+                "      fix: install vscode-slurm-slurm{} (built for this Slurm) on every node instead",
+                release()
+            )
         );
         assert_no_job_left(&lab);
         drop(restore);
@@ -224,11 +194,12 @@ fn doctor_fails_and_prints_the_fix_when_the_plugin_is_missing() {
             .position(|l| *l == "FAIL  plugin loaded: salloc --help does not list --vscode")
             .unwrap_or_else(|| panic!("no plugin failure in:\n{report}"));
         assert!(
-            lines[fail + 1].starts_with(
+            lines[fail + 1].starts_with(&format!(
                 "      fix: add `required /usr/lib/x86_64-linux-gnu/slurm-wlm/spank_vscode.so` (rpm: /usr/lib64/slurm/) \
                  to plugstack.conf or plugstack.conf.d/vscode.conf on every node, from the package \
-                 vscode-slurm-slurm22.05"
-            ),
+                 vscode-slurm-slurm{}",
+                release()
+            )),
             "{report}"
         );
         assert!(lines.contains(&"skip  helper in a job: needs the plugin"), "{report}");

@@ -2,7 +2,7 @@
 //! proven on it counts.
 
 use std::time::Duration;
-use vscode_slurm_tests::{stderr_of, stdout_of, wait_until, Lab};
+use vscode_slurm_tests::{release, stderr_of, stdout_of, wait_until, Lab};
 
 #[test]
 fn laptop_reaches_the_login_node_over_real_ssh() {
@@ -87,12 +87,25 @@ fn job_fed_through_stdin_runs_on_a_compute_node() {
 fn sbatch_and_scancel_work_and_the_epilog_runs_for_every_job() {
     let lab = Lab::get();
     let long_job = lab.running_batch_job("alice", "--wrap 'sleep 300'", Duration::from_secs(20));
+    let node = lab.sh_ok(None, "login", &format!("squeue -h -j {long_job} -o %N")).trim().to_owned();
+    let sleeps = || lab.sh_ok(None, &node, "pgrep -u alice -x sleep || true");
+    // Cancelled once its script runs: RUNNING in the queue comes before the
+    // launch on the node, and a cancel overtaking the launch is not this test.
+    wait_until("the job's script to run", Duration::from_secs(20), sleeps, |pids| !pids.trim().is_empty());
     lab.sh_ok(Some("alice"), "login", &format!("scancel {long_job}"));
     wait_until(
         "the cancelled job to leave the queue",
         Duration::from_secs(20),
         || lab.sh_ok(Some("alice"), "login", "squeue -h -u alice -o %i"),
         |ids| !ids.split_whitespace().any(|id| id == long_job.to_string()),
+    );
+    // The cancel ended the script on the node too, not only the queue entry
+    // (a leftover would also fail every later test's "nothing left" check).
+    wait_until(
+        &format!("job {long_job}'s sleep to end on {node}"),
+        Duration::from_secs(20),
+        sleeps,
+        |pids| pids.trim().is_empty(),
     );
     let quick = lab.sh_ok(Some("bob"), "login", "sbatch --parsable -N2 --wrap 'srun hostname'");
     let two_node_job: u32 = quick.trim().parse().expect("job id");
@@ -122,4 +135,65 @@ fn the_plugin_is_configured_as_required() {
     } else {
         assert!(conf.starts_with('#'), "plugstack line without a plugin: {conf:?}");
     }
+}
+
+/// What the plugin's epilog relies on, in every release: salloc/sbatch
+/// `--vscode` sets the job-control variable that reaches the job's epilog as
+/// `SPANK_VSCODE=1` (the lab's epilog script logs it); other jobs have none.
+#[test]
+fn the_epilog_sees_spank_vscode_for_vscode_jobs_only() {
+    let lab = Lab::get();
+    let submit = |args: &str| -> u32 {
+        let out = lab.sh_ok(Some("alice"), "login", &format!("sbatch --parsable {args} --wrap true"));
+        out.trim().parse().unwrap_or_else(|_| panic!("no job id from sbatch {args}: {out:?}"))
+    };
+    for (args, wanted) in [("--vscode", "vscode=1"), ("", "vscode=")] {
+        let job = submit(args);
+        let lines = wait_until(
+            &format!("the epilog line of job {job} (sbatch {args})"),
+            Duration::from_secs(30),
+            || {
+                lab.read("log/epilog.log")
+                    .lines()
+                    .filter(|l| l.contains(&format!(" job={job} ")))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            },
+            |lines| !lines.is_empty(),
+        );
+        assert!(lines[0].ends_with(&format!(" {wanted}")), "sbatch {args}: {lines:?}");
+    }
+}
+
+/// The lab runs the release the tests expect on every cluster host, from
+/// that release's Debian suite: Slurm's own programs say so, and so does the
+/// root each host runs on (22.05: this machine's). The laptop is the user's
+/// machine and stays on this machine's root whatever the cluster runs.
+#[test]
+fn every_cluster_host_runs_the_release_under_test_from_its_suite() {
+    let lab = Lab::get();
+    let env = stdout_of(&lab.labctl(&["env"]));
+    let suite = env.lines().find_map(|l| l.strip_prefix("SUITE=")).expect("SUITE= in labctl env").to_owned();
+    let machine = std::fs::read_to_string("/etc/os-release").expect("this machine's os-release");
+    let codename = |os_release: &str| {
+        os_release
+            .lines()
+            .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+            .unwrap_or("")
+            .trim_matches('"')
+            .to_owned()
+    };
+    let wanted = format!("slurm-wlm {}.", release());
+    for (host, program) in
+        [("login", "sinfo"), ("login2", "squeue"), ("head", "slurmctld"), ("c1", "slurmd"), ("c2", "slurmd")]
+    {
+        let version = lab.sh_ok(None, host, &format!("{program} -V"));
+        assert!(version.starts_with(&wanted), "{program} -V on {host}: {version:?}, want {wanted}x");
+        assert_eq!(codename(&lab.sh_ok(None, host, "cat /etc/os-release")), suite, "{host}'s root");
+    }
+    assert_eq!(
+        codename(&lab.sh_ok(None, "laptop", "cat /etc/os-release")),
+        codename(&machine),
+        "the laptop's root"
+    );
 }

@@ -1,12 +1,17 @@
 //! The packages as an admin gets them: `packaging/build` makes a .deb and an
-//! .rpm named for the Slurm release of the headers; the .deb, installed on
-//! this machine, runs a whole session in a lab of its own that sees only the
-//! installed files (binaries in /usr/bin, the plugin at Debian's Slurm plugin
-//! directory, the packaged plugstack line). Headers that are missing or of
-//! mixed releases stop the build with one line.
+//! .rpm named for the Slurm release of the headers (the lab's release: this
+//! machine's headers for 22.05, `--slurm R` for the others); the .deb,
+//! installed on every host, runs a whole session in a lab of its own that sees
+//! only the installed files (binaries in /usr/bin, the plugin at Debian's
+//! Slurm plugin directory, the packaged plugstack line). Headers that are
+//! missing or of mixed releases stop the build with one line.
 //!
-//! Needs root (dpkg) and `rpm` (tests/install-deps). The package is purged
-//! again even when a test fails.
+//! For 22.05 the hosts share this machine's root, so the package is installed
+//! here, and purged again even when a test fails; a newer release's hosts
+//! each install it into a root of their own as they start (labctl's
+//! `LAB_INSTALLED=PATH.deb`), and this machine is never touched.
+//!
+//! Needs root (dpkg) and `rpm` (tests/install-deps).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -16,7 +21,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use vscode_slurm_tests::session::{assert_nothing_left, Session, SessionOptions};
-use vscode_slurm_tests::{release_binary, stderr_of, stdout_of, Lab, TempDir};
+use vscode_slurm_tests::{
+    plugin_version, release, release_binary, release_is_the_machines, release_number, slurm_include_dir,
+    stderr_of, stdout_of, Lab, TempDir,
+};
 
 const DEB_PLUGIN: &str = "/usr/lib/x86_64-linux-gnu/slurm-wlm/spank_vscode.so";
 const RPM_PLUGIN: &str = "/usr/lib64/slurm/spank_vscode.so";
@@ -51,20 +59,23 @@ fn run(program: &str, args: &[&str]) -> String {
     stdout_of(&out)
 }
 
-/// SLURM_VERSION_NUMBER of the installed headers, read independently of
-/// the build script (0x160508 on Debian 12).
-fn header_number() -> u32 {
-    let text = fs::read_to_string("/usr/include/slurm/slurm_version.h").expect("libslurm-dev headers");
+/// SLURM_VERSION_NUMBER of the headers in `include`, read independently of
+/// the build script (0x160508 in this machine's /usr/include).
+fn header_number(include: &Path) -> u32 {
+    let path = include.join("slurm/slurm_version.h");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     text.lines()
         .find_map(|l| l.strip_prefix("#define SLURM_VERSION_NUMBER"))
         .and_then(|v| u32::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok())
         .expect("SLURM_VERSION_NUMBER in slurm_version.h")
 }
 
-/// The release the installed headers are of: "22.05" for 0x160508.
+/// The release the lab runs, checked against its headers: "22.05" for 0x160508.
 fn header_release() -> String {
-    let number = header_number();
-    format!("{}.{:02}", number >> 16, (number >> 8) & 0xff)
+    let number = header_number(&slurm_include_dir());
+    let release = format!("{}.{:02}", number >> 16, (number >> 8) & 0xff);
+    assert_eq!(release, vscode_slurm_tests::release(), "the headers of the lab's release");
+    release
 }
 
 struct Packages {
@@ -77,7 +88,10 @@ struct Packages {
 fn packages() -> &'static Packages {
     static PACKAGES: OnceLock<Packages> = OnceLock::new();
     PACKAGES.get_or_init(|| {
-        let out = packaging_build(&[]);
+        // The machine's release with the README's command as it is; another with --slurm.
+        let release = release();
+        let args = if release_is_the_machines() { vec![] } else { vec!["--slurm", &release] };
+        let out = packaging_build(&args);
         assert_succeeded(&out, "packaging/build");
         let name = format!("vscode-slurm-slurm{}", header_release());
         let version = env!("CARGO_PKG_VERSION");
@@ -139,6 +153,17 @@ fn one_command_builds_both_packages_named_for_the_slurm_release() {
             "the .rpm lacks `Requires: {wanted}`:\n{requires}"
         );
     }
+    // The plugin inside was built against that release's own headers: Slurm
+    // loads it only if its plugin_version has Slurm's major.minor.
+    let dir = TempDir::new("deb-plugin");
+    run("dpkg-deb", &["-x", &deb, &dir.0.to_string_lossy()]);
+    let plugin = fs::read(dir.0.join(DEB_PLUGIN.trim_start_matches('/'))).expect("the packaged plugin");
+    let version = plugin_version(&plugin);
+    assert_eq!(
+        version >> 8,
+        release_number(),
+        "the packaged plugin is for {version:#x}, not Slurm {release}"
+    );
 }
 
 #[test]
@@ -281,17 +306,25 @@ fn exes_and_plugin_maps(lab: &Lab, host: &str, user: &str) -> (BTreeSet<String>,
 #[test]
 fn the_installed_deb_runs_a_session_from_installed_files_only() {
     let packages = packages();
-    let installed = Installed::new(packages);
-    let listed = run("dpkg", &["-L", &packages.name]);
-    for path in [DEB_PLUGIN, "/usr/bin/vscode-shim", "/usr/bin/vscode-job-helper"] {
-        assert!(listed.lines().any(|l| l == path), "dpkg -L {} lacks {path}", packages.name);
-    }
-
-    let own = OwnLab(Lab::own("pkg", &[("LAB_INSTALLED", "1")]));
+    let deb = packages.deb.to_string_lossy().into_owned();
+    // 22.05: installed on this machine, whose root the hosts share; a newer
+    // release: each cluster host installs the file into its own root.
+    let (installed, own) = if release_is_the_machines() {
+        let installed = Installed::new(packages);
+        (Some(installed), OwnLab(Lab::own("pkg", &[("LAB_INSTALLED", "1")])))
+    } else {
+        (None, OwnLab(Lab::own("pkg", &[("LAB_INSTALLED", &deb)])))
+    };
     let lab_dir = own.0.dir.to_string_lossy().into_owned();
     let up = own.0.labctl(&["up"]);
-    assert!(up.status.success(), "labctl up (LAB_INSTALLED=1) failed:\n{}", stderr_of(&up));
+    assert!(up.status.success(), "labctl up (LAB_INSTALLED) failed:\n{}", stderr_of(&up));
     let lab = &own.0;
+    for host in ["login", "login2", "c1", "c2"] {
+        let listed = lab.sh_ok(None, host, &format!("dpkg -L {}", packages.name));
+        for path in [DEB_PLUGIN, "/usr/bin/vscode-shim", "/usr/bin/vscode-job-helper"] {
+            assert!(listed.lines().any(|l| l == path), "dpkg -L {} on {host} lacks {path}", packages.name);
+        }
+    }
 
     // What the hosts can run: the package's files, and of our build only the test server.
     assert_eq!(lab.sh_ok(None, "login", "ls /usr/local/bin").trim(), "vscode-test-server");
@@ -338,9 +371,21 @@ fn the_installed_deb_runs_a_session_from_installed_files_only() {
 
     // Down first: the lab's slurmd and slurmstepd have the plugin mapped.
     drop(own);
-    drop(installed);
-    for path in [DEB_PLUGIN, "/usr/bin/vscode-shim", "/etc/slurm/plugstack.conf.d/vscode.conf"] {
-        assert!(!Path::new(path).exists(), "{path} is still there after dpkg --purge");
+    match installed {
+        Some(installed) => {
+            drop(installed);
+            for path in [DEB_PLUGIN, "/usr/bin/vscode-shim", "/etc/slurm/plugstack.conf.d/vscode.conf"] {
+                assert!(!Path::new(path).exists(), "{path} is still there after dpkg --purge");
+            }
+        }
+        None => {
+            let here = Command::new("dpkg-query").args(["-W", &packages.name]).output().expect("dpkg-query");
+            assert!(
+                !here.status.success(),
+                "{} got installed on this machine, not only in the hosts",
+                packages.name
+            );
+        }
     }
 }
 
@@ -426,7 +471,7 @@ fn slurm_headers_from_a_release_tarball_build_the_packages() {
     let source = work.0.join("slurm-22.05.8");
     fs::create_dir_all(source.join("slurm")).unwrap();
     let version_h = fs::read_to_string("/usr/include/slurm/slurm_version.h").unwrap();
-    let number = header_number();
+    let number = header_number(Path::new("/usr/include"));
     let meta = format!(
         "  Meta:\t\t1\n  Name:\t\tslurm\n  Major:\t{}\n  Minor:\t{:02}\n  Micro:\t{}\n",
         number >> 16,
@@ -475,7 +520,11 @@ fn slurm_headers_from_a_release_tarball_build_the_packages() {
         stderr_of(&build)
     );
     assert!(
-        stdout_of(&build).contains(&format!("vscode-slurm-slurm{}", header_release())),
+        stdout_of(&build).contains(&format!(
+            "vscode-slurm-slurm{}.{:02}",
+            number >> 16,
+            (number >> 8) & 0xff
+        )),
         "{}",
         stdout_of(&build)
     );
