@@ -5,6 +5,8 @@
 //! `vscode-slurm-procfs` instead, where it can be audited on its own.
 
 pub mod cli;
+#[cfg(feature = "session")]
+pub mod host_key;
 pub mod json;
 #[cfg(feature = "session")]
 pub mod logging;

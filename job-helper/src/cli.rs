@@ -63,6 +63,15 @@ pub enum Mode {
         #[command(flatten)]
         slurm: Programs,
     },
+    /// Serve one SSH connection on stdin/stdout with the node's sshd in
+    /// inetd mode, as the user, started by the job's keeper: a window of
+    /// `vscode-shim proxy`.
+    #[command(name = helper::SSHD)]
+    Sshd {
+        /// The OpenSSH server to run (an absolute path).
+        #[arg(long, value_name = "PATH", default_value = "/usr/sbin/sshd")]
+        sshd: PathBuf,
+    },
     /// Open one door in front of TARGET (HOST:PORT or a socket path), say
     /// where in a control line, and serve it until stdin closes: what a
     /// window does for its server, alone, for benchmarks and tests.
@@ -104,6 +113,8 @@ mod tests {
             panic!("not the keeper")
         };
         assert_eq!(warn_before.0, [Duration::from_secs(300), Duration::from_secs(60)]);
+        let proxy = Cli::try_parse_from(["vscode-job-helper", helper::SSHD]).unwrap();
+        assert!(matches!(proxy.command, Some(Mode::Sshd { .. })));
         let window = Cli::try_parse_from(["vscode-job-helper", helper::THROUGH_KEEPER]).unwrap();
         assert!(window.through_keeper && window.command.is_none());
         Cli::command().debug_assert();

@@ -16,6 +16,8 @@ const TERMINATOR: &[u8] = b"==";
 /// Longer values are not endpoints; the bound keeps memory flat whatever the
 /// script prints.
 pub const MAX_VALUE: usize = 4096;
+/// Longer lines are not the script's `ID: start` or `ID: end` markers.
+const MAX_MARKER_LINE: usize = 128;
 
 /// What the launch script said the server listens on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,12 +71,25 @@ pub enum Piece {
 /// reads. Markers are taken only at a line start, as every launch script
 /// prints them; that keeps the control line, emitted in front of the
 /// marker, at a line start too.
+///
+/// Only the launch script's own output is scanned: once its `ID: end` line
+/// (the id from its `ID: start` line) has passed, every later byte passes
+/// untouched. Newer Remote-SSH builds speak to an exec server over this very
+/// stream after the end marker (`listeningOn====`, empty), and their bytes
+/// are none of our business.
 pub struct ListeningScanner {
     at_line_start: bool,
     held: Vec<u8>,
     /// How much of [`MARKER`] the passed-through data ends with, to say in
     /// the log when a marker went to VS Code unchanged.
     passed_marker: usize,
+    /// The current line's first bytes (up to [`MAX_MARKER_LINE`]), to
+    /// recognise the script's markers.
+    line: Vec<u8>,
+    line_too_long: bool,
+    /// The id from the script's `ID: start` line.
+    script_id: Option<Vec<u8>>,
+    script_ended: bool,
 }
 
 impl Default for ListeningScanner {
@@ -85,25 +100,75 @@ impl Default for ListeningScanner {
 
 impl ListeningScanner {
     pub fn new() -> ListeningScanner {
-        ListeningScanner { at_line_start: true, held: Vec::new(), passed_marker: 0 }
+        ListeningScanner {
+            at_line_start: true,
+            held: Vec::new(),
+            passed_marker: 0,
+            line: Vec::new(),
+            line_too_long: false,
+            script_id: None,
+            script_ended: false,
+        }
+    }
+
+    /// Whether the launch script's end marker has passed: from then on
+    /// nothing is scanned (nor, on the way in, rewritten).
+    pub fn script_ended(&self) -> bool {
+        self.script_ended
     }
 
     pub fn feed(&mut self, mut input: &[u8]) -> Vec<Piece> {
         let mut out = Vec::new();
         while !input.is_empty() {
+            if self.script_ended {
+                append_data(&mut out, input);
+                break;
+            }
+            // Up to the end of the current line: a line may end the script.
+            let end = input.iter().position(|&b| b == b'\n').map_or(input.len(), |i| i + 1);
+            let (line, rest) = input.split_at(end);
+            self.scan(line, &mut out);
+            self.follow_line(line);
+            input = rest;
+        }
+        out
+    }
+
+    /// Learns the script's id from its start marker and notices its end.
+    fn follow_line(&mut self, bytes: &[u8]) {
+        let room = MAX_MARKER_LINE.saturating_sub(self.line.len());
+        self.line_too_long |= bytes.len() > room;
+        self.line.extend_from_slice(&bytes[..room.min(bytes.len())]);
+        if bytes.last() != Some(&b'\n') {
+            return;
+        }
+        let text = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if !self.line_too_long {
+            if let Some(id) = text.strip_suffix(b": start").filter(|id| is_script_id(id)) {
+                self.script_id = Some(id.to_vec());
+            } else if self.script_id.as_deref().is_some_and(|id| text.strip_suffix(b": end") == Some(id)) {
+                self.script_ended = true;
+            }
+        }
+        self.line.clear();
+        self.line_too_long = false;
+    }
+
+    fn scan(&mut self, mut input: &[u8], out: &mut Vec<Piece>) {
+        while !input.is_empty() {
             if self.held.is_empty() && !self.at_line_start {
                 let end = input.iter().position(|&b| b == b'\n').map_or(input.len(), |i| i + 1);
                 self.at_line_start = input[end - 1] == b'\n';
-                self.pass(&input[..end], &mut out);
+                self.pass(&input[..end], out);
                 input = &input[end..];
                 continue;
             }
             self.at_line_start = false;
             self.held.push(input[0]);
             input = &input[1..];
-            self.step(&mut out);
+            self.step(out);
         }
-        out
     }
 
     /// How many bytes are held back because they could still become a
@@ -133,9 +198,19 @@ impl ListeningScanner {
                 self.release(out);
             }
         } else if len >= MARKER.len() + TERMINATOR.len() && self.held.ends_with(TERMINATOR) {
-            match parse_target(&self.held[MARKER.len()..len - TERMINATOR.len()]) {
+            let value = &self.held[MARKER.len()..len - TERMINATOR.len()];
+            match parse_target(value) {
                 Some(target) => {
                     out.push(Piece::Listening(Listening { target, original: std::mem::take(&mut self.held) }))
+                }
+                // No port at all: the exec server speaks over this stream
+                // itself (newer Remote-SSH builds). Nothing to relay.
+                None if value.is_empty() => {
+                    tracing::info!(
+                        "listeningOn is empty: the server speaks over the launch stream; passed on as is"
+                    );
+                    let held = std::mem::take(&mut self.held);
+                    append_data(out, &held);
                 }
                 None => self.release(out),
             }
@@ -179,6 +254,20 @@ impl ListeningScanner {
             }
         }
     }
+}
+
+fn append_data(out: &mut Vec<Piece>, data: &[u8]) {
+    match out.last_mut() {
+        Some(Piece::Data(last)) => last.extend_from_slice(data),
+        _ => out.push(Piece::Data(data.to_vec())),
+    }
+}
+
+/// Remote-SSH's ids are random hex; other launchers use letters too.
+fn is_script_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
 fn parse_target(value: &[u8]) -> Option<Target> {
@@ -373,6 +462,24 @@ mod tests {
         assert_eq!(run(&[line.as_bytes()]), vec![data(&line)]);
     }
 
+    #[test]
+    fn after_the_scripts_end_marker_nothing_is_scanned() {
+        let script = b"x1: start\nlisteningOn====\nx1: end\n";
+        let tail = b"listeningOn==5555==\n--on-port\n";
+        let out = run(&[script, tail]);
+        assert_eq!(out, vec![Piece::Data([script.as_slice(), tail].concat())]);
+        // Another id's end, a long line ending like one, or an end before a
+        // start: still the script's output.
+        for stream in [
+            "x1: start\ny2: end\nlisteningOn==5==\n",
+            "x1: end\nlisteningOn==5==\n",
+            &format!("x1: start\n{}x1: end\nlisteningOn==5==\n", "y".repeat(200)),
+        ] {
+            let out = run(&[stream.as_bytes()]);
+            assert!(out.iter().any(|p| matches!(p, Piece::Listening(_))), "{stream:?}: {out:?}");
+        }
+    }
+
     fn stream_strategy() -> impl Strategy<Value = Vec<u8>> {
         crate::test_streams::made_of("listeningOn==5555==|listeningOn==127.0.0.1:6666==|listeningOn==/tmp/s.sock==|listeningOn==|listening|==|\n|1")
     }
@@ -403,6 +510,34 @@ mod tests {
             let expected = if stream.is_empty() { vec![] } else { vec![Piece::Data(stream.clone())] };
             prop_assert_eq!(&run(&[&stream]), &expected);
             prop_assert_eq!(&run_bounded(&split_at(&stream, &raw_cuts)), &expected);
+        }
+
+        /// Arbitrary bytes after the end marker, markers and bind flags
+        /// among them, come out identical however the stream is cut.
+        #[test]
+        fn bytes_after_the_end_marker_pass_untouched(
+            script in stream_strategy(),
+            tail in crate::test_streams::made_of("listeningOn==5555==|listeningOn====|ab: end|ab: start|--on-port|--port=0|\n|\0|\u{ff}|x"),
+            raw_cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            let head = [b"\nab: start\n".as_slice(), &script, b"\nab: end\n"].concat();
+            let stream = [head.as_slice(), &tail].concat();
+            let mut scanner = ListeningScanner::new();
+            let mut out = Vec::new();
+            for chunk in split_at(&stream, &raw_cuts) {
+                for piece in scanner.feed(chunk) {
+                    match piece {
+                        Piece::Data(d) => out.extend(d),
+                        Piece::Listening(l) => {
+                            prop_assert!(out.len() < head.len(), "an endpoint taken after the end marker");
+                            out.extend(l.original)
+                        }
+                    }
+                }
+            }
+            out.extend(scanner.finish());
+            prop_assert!(scanner.script_ended());
+            prop_assert_eq!(out, stream);
         }
 
         #[test]

@@ -13,6 +13,7 @@ mod launch_lock;
 mod scratch;
 mod session;
 mod shell;
+mod sshd;
 mod window;
 
 use std::path::PathBuf;
@@ -55,6 +56,7 @@ fn main() {
             let slurm = Slurm::new(slurm, SLURM_TIMEOUT);
             runtime.block_on(keeper::run(keeper::KeepOptions { warn_before: warn_before.0, slurm }))
         }
+        Some(Mode::Sshd { sshd }) => runtime.block_on(sshd::run(sshd::Options { sshd })),
         Some(Mode::Door { ref to }) => {
             let session = session_or_exit(&cli);
             let target = match to.parse() {

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,7 +59,7 @@ impl Script {
                 Ok((Script::Here(shell), Box::new(stdin), Box::new(stdout), Box::new(stderr)))
             }
             Some(dir) => {
-                let (kept, streams) = keeper::client::spawn(program, dir).await?;
+                let (kept, streams) = keeper::client::spawn(program, &[], dir).await?;
                 tracing::debug!("the keeper started {} as pid {}", program.display(), kept.pid);
                 Ok((
                     Script::Kept(kept),
@@ -123,11 +124,13 @@ pub async fn run(shell_path: &Path, session: Session, keeper_dir: Option<PathBuf
         tracing::info!("our stdout is gone before the script started");
     }
     let conversions = Arc::new(Mutex::new(Conversions::default()));
+    let script_ended = Arc::new(AtomicBool::new(false));
     let stdin_task = tokio::spawn(pump_stdin(
         tokio::io::stdin(),
         shell_in,
         BindRewriter::new(session.sockets.clone()),
         conversions.clone(),
+        script_ended.clone(),
     ));
     // The script's stderr reaches VS Code's log unchanged.
     let mut stderr_task =
@@ -135,7 +138,9 @@ pub async fn run(shell_path: &Path, session: Session, keeper_dir: Option<PathBuf
     let (broken_tx, broken_rx) = oneshot::channel();
     let announcer = Announcer::new(session, conversions);
     let mut stdout_task = tokio::spawn(async move {
-        if let Err(e) = pump_stdout(shell_out, tokio::io::stdout(), announcer, notices, launch_lock).await {
+        if let Err(e) =
+            pump_stdout(shell_out, tokio::io::stdout(), announcer, notices, launch_lock, script_ended).await
+        {
             tracing::debug!("our stdout is gone: {e}");
             let _ = broken_tx.send(());
         }
@@ -193,27 +198,42 @@ pub async fn run(shell_path: &Path, session: Session, keeper_dir: Option<PathBuf
 }
 
 /// Helper stdin → rewriter → shell stdin, until our stdin ends; then the
-/// shell's stdin is closed.
+/// shell's stdin is closed. Once the script's output has ended
+/// (`script_ended`), what VS Code sends is for the server the script
+/// started, and passes untouched.
 async fn pump_stdin(
     mut from: impl AsyncRead + Unpin,
     to: Input,
     mut rewriter: BindRewriter,
     conversions: Arc<Mutex<Conversions>>,
+    script_ended: Arc<AtomicBool>,
 ) {
     let mut to = Some(to);
     let mut buf = vec![0u8; 16 * 1024];
+    let mut rewriting = true;
     // A read error is the end of VS Code's input like EOF is.
     while let Ok(n) = from.read(&mut buf).await.inspect_err(|e| tracing::debug!("reading our stdin: {e}")) {
         if n == 0 {
             break;
         }
+        if rewriting && script_ended.load(Ordering::Acquire) {
+            rewriting = false;
+            let held = rewriter.finish();
+            forward(&mut to, &held).await;
+        }
+        if !rewriting {
+            forward(&mut to, &buf[..n]).await;
+            continue;
+        }
         let bytes = rewriter.feed(&buf[..n]);
         publish(&conversions, &rewriter);
         forward(&mut to, &bytes).await;
     }
-    let tail = rewriter.finish();
-    publish(&conversions, &rewriter);
-    forward(&mut to, &tail).await;
+    if rewriting {
+        let tail = rewriter.finish();
+        publish(&conversions, &rewriter);
+        forward(&mut to, &tail).await;
+    }
 }
 
 fn publish(conversions: &Mutex<Conversions>, rewriter: &BindRewriter) {
@@ -248,6 +268,7 @@ async fn pump_stdout(
     mut announcer: Announcer,
     mut notices: mpsc::UnboundedReceiver<String>,
     mut launch_lock: Option<LaunchLock>,
+    script_ended: Arc<AtomicBool>,
 ) -> io::Result<()> {
     let mut scanner = ListeningScanner::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -261,7 +282,8 @@ async fn pump_stdout(
             }),
             notice = notices.recv(), if notices_open => {
                 match notice {
-                    Some(text) if at_line_start => {
+                    // After the script's end the stream is the server's own: nothing goes in.
+                    Some(text) if at_line_start && !scanner.script_ended() => {
                         let message = ControlMessage::Notice(text);
                         to.write_all(&protocol::encode(&announcer.session.nonce, &message)).await?;
                         to.flush().await?;
@@ -290,6 +312,9 @@ async fn pump_stdout(
                 at_line_start = last == b'\n';
             }
             to.write_all(&bytes).await?;
+        }
+        if scanner.script_ended() && !script_ended.swap(true, Ordering::AcqRel) {
+            tracing::debug!("the launch script's output has ended: the rest of the stream passes untouched");
         }
         to.flush().await?;
     }

@@ -42,6 +42,25 @@ pub enum Command {
     Sessions(SessionsArgs),
     /// End a VS Code job: by profile name or job id (the only one, if none is given).
     Stop(StopArgs),
+    // Boxed: a session's options dwarf the other subcommands'.
+    Proxy(Box<ProxyArgs>),
+}
+
+/// Connects ssh to a server of your own inside the profile's job, as an ssh ProxyCommand.
+///
+/// For every SSH client (VSCodium, Cursor, JetBrains Gateway, Zed, plain
+/// ssh, scp, rsync, ssh -L, ssh -X): on the laptop,
+/// `ProxyCommand ssh -T LOGIN vscode-shim proxy --profile NAME -- SBATCH_ARGS`.
+/// The profile's job is found or submitted as for RemoteCommand (same
+/// profiles, reattach, windows, linger, warnings on stderr); each connection
+/// is a window whose step runs the node's sshd in inetd mode as you, with
+/// your authorized keys and your job host key (`vscode-shim setup --proxy`).
+/// The connection's bytes ride the step's I/O: no port of the session is
+/// open on the cluster network.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    #[command(flatten)]
+    pub session: SessionArgs,
 }
 
 /// A session: what ssh runs for VS Code.

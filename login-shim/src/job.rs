@@ -79,12 +79,15 @@ impl Secrets {
 }
 
 /// What the helper's step needs from us, whichever command starts it: the
-/// session in its environment, and our own pipes.
-pub fn with_session_streams(command: &mut Command, secrets: &Secrets, relay_port: u16) {
+/// session in its environment, and our own pipes. A proxy window has no
+/// relay, so no relay port.
+pub fn with_session_streams(command: &mut Command, secrets: &Secrets, relay_port: Option<u16>) {
+    if let Some(port) = relay_port {
+        command.env(env::RELAY_PORT, port.to_string());
+    }
     command
         .env(env::NONCE, secrets.nonce.as_str())
         .env(env::DOOR_KEY, secrets.door_key.as_hex())
-        .env(env::RELAY_PORT, relay_port.to_string())
         // A group of its own, so salloc (or srun) and its children can be
         // ended together when the job is lost but they wait on a dead node.
         .process_group(0)

@@ -25,12 +25,13 @@ fn main() {
     if let Some(what) = &cli.generate {
         std::process::exit(generate(Cli::command(), what));
     }
-    let code = match &cli.command {
-        Some(Command::Setup(args)) => setup::run(args),
-        Some(Command::Doctor(args)) => doctor::run(args),
-        Some(Command::Sessions(args)) => block_on(sessions::sessions(args)),
-        Some(Command::Stop(args)) => block_on(sessions::stop(args)),
-        None => session::main(cli.session),
+    let code = match cli.command {
+        Some(Command::Setup(args)) => setup::run(&args),
+        Some(Command::Doctor(args)) => doctor::run(&args),
+        Some(Command::Sessions(args)) => block_on(sessions::sessions(&args)),
+        Some(Command::Stop(args)) => block_on(sessions::stop(&args)),
+        Some(Command::Proxy(args)) => session::main(args.session, true),
+        None => session::main(cli.session, false),
     };
     std::process::exit(code);
 }

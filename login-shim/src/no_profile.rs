@@ -26,9 +26,9 @@ fn salloc_command(args: &SessionArgs, secrets: &Secrets, relay_port: u16) -> Com
         .arg(slurm::option_flag())
         .arg(format!("--job-name={}", args.job_name))
         .args(&args.job_args)
-        .args(["srun", "--export=ALL", "--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1"])
+        .args(["srun", "--export=ALL", "--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1", slurm::UNBUFFERED])
         .arg(&args.helper);
-    job::with_session_streams(&mut command, secrets, relay_port);
+    job::with_session_streams(&mut command, secrets, Some(relay_port));
     command
 }
 

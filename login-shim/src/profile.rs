@@ -23,7 +23,7 @@ use vscode_slurm_protocol::{helper, slurm, ControlFilter};
 
 use crate::cli::SessionArgs;
 use crate::job::{self, Secrets, Started};
-use crate::session::{kill_group, shutdown_reason, Signals, REVOKED_GRACE};
+use crate::session::{kill_group, shutdown_reason, Kind, Signals, REVOKED_GRACE};
 use crate::streams;
 
 /// Tries at joining a profile's job; one fails when the job ends between
@@ -52,12 +52,12 @@ pub async fn start_window(
     signals: &mut Signals,
     hangup: &mut oneshot::Receiver<()>,
     secrets: &Secrets,
-    port: u16,
+    kind: Kind,
 ) -> Result<Started, String> {
     let profile = profile(args)?;
     for _ in 0..JOIN_TRIES {
         let (id, submitted) = join_or_submit(args, slurm, &profile, signals, hangup).await?;
-        let mut step = step_command(args, id, &profile, secrets, port)
+        let mut step = step_command(args, id, &profile, secrets, kind)
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", args.slurm.srun.display()))?;
         let mut filter = ControlFilter::new(secrets.nonce.clone());
@@ -411,14 +411,8 @@ async fn job_state(slurm: &Slurm, id: u32) -> Result<Option<(String, String)>, S
 }
 
 /// One window: a step in the job running the helper, which has the keeper
-/// start the launch script.
-pub fn step_command(
-    args: &SessionArgs,
-    id: u32,
-    profile: &str,
-    secrets: &Secrets,
-    relay_port: u16,
-) -> Command {
+/// start the launch script (or, for a proxy window, the node's sshd).
+pub fn step_command(args: &SessionArgs, id: u32, profile: &str, secrets: &Secrets, kind: Kind) -> Command {
     let mut command = Command::new(&args.slurm.srun);
     command
         .arg(format!("--jobid={id}"))
@@ -431,8 +425,18 @@ pub fn step_command(
             "--kill-on-bad-exit=1",
         ])
         .arg(format!("--job-name={}", job_name(profile)))
-        .arg(&args.helper)
-        .arg(helper::THROUGH_KEEPER);
+        .arg(slurm::UNBUFFERED)
+        .arg(&args.helper);
+    let relay_port = match kind {
+        Kind::RemoteCommand { relay_port } => {
+            command.arg(helper::THROUGH_KEEPER);
+            Some(relay_port)
+        }
+        Kind::Proxy => {
+            command.arg(helper::SSHD);
+            None
+        }
+    };
     job::with_session_streams(&mut command, secrets, relay_port);
     command
 }

@@ -2,7 +2,9 @@
 //! way the job came to be (a window in the profile's job, see `profile`, or
 //! a salloc job of its own, see `no_profile`), the session has one Slurm
 //! child on the login node — the window's `srun` or `salloc` — whose pipes
-//! carry VS Code's stdio, and a relay for VS Code's connections.
+//! carry VS Code's stdio, and a relay for VS Code's connections. A proxy
+//! session (`vscode-shim proxy`) is a window whose stdio is one SSH
+//! connection to the job's own sshd, passed on untouched, with no relay.
 
 use std::fs::File;
 use std::io;
@@ -38,12 +40,29 @@ pub const REVOKED_GRACE: Duration = Duration::from_secs(3);
 /// How long the job's last output may take to drain after the child exits.
 const DRAIN: Duration = Duration::from_secs(2);
 
-/// Runs a session; returns the exit code.
-pub fn main(args: SessionArgs) -> i32 {
+/// What the window's step serves on its stdio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// VS Code's launch script, with a relay on the login node for the
+    /// server's connections (ssh's `RemoteCommand`).
+    RemoteCommand { relay_port: u16 },
+    /// One SSH connection to the job's sshd (ssh's `ProxyCommand`).
+    Proxy,
+}
+
+/// Runs a session (`proxy`: a `vscode-shim proxy` one); returns the exit code.
+pub fn main(args: SessionArgs, proxy: bool) -> i32 {
+    let program = if proxy { "vscode-shim proxy" } else { "vscode-shim" };
     // An unusable --profile is a usage error like clap's own: one line,
     // exit 2, before anything asks Slurm.
     if let Some(Err(e)) = args.profile.as_deref().map(profile::check_profile) {
-        eprintln!("vscode-shim: {e}");
+        eprintln!("{program}: {e}");
+        return vscode_slurm_common::cli::USAGE;
+    }
+    if proxy && args.no_profile {
+        eprintln!(
+            "{program}: --no-profile does not apply: a proxy connection is a window of its profile's job; drop it, or use --profile NAME; see 'vscode-shim proxy --help'"
+        );
         return vscode_slurm_common::cli::USAGE;
     }
     let slurm = Slurm::new(args.slurm.clone(), SLURM_TIMEOUT);
@@ -59,7 +78,7 @@ pub fn main(args: SessionArgs) -> i32 {
             return 1;
         }
     };
-    let code = runtime.block_on(run(args, slurm));
+    let code = runtime.block_on(run(args, slurm, proxy));
     // Exiting without dropping the runtime: tokio's stdin reader may sit in
     // a blocking read that a runtime shutdown would wait for.
     std::process::exit(code);
@@ -75,30 +94,38 @@ enum Outcome {
     ChildExited(io::Result<ExitStatus>),
 }
 
-async fn run(args: SessionArgs, slurm: Slurm) -> i32 {
+async fn run(args: SessionArgs, slurm: Slurm, proxy: bool) -> i32 {
     let start = async {
         // The listener comes first: its port goes into the job's environment.
-        let listener = relay::bind(args.listen_host, args.listen_port)
-            .map_err(|e| format!("cannot listen on {}:{}: {e}", args.listen_host, args.listen_port))?;
-        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let (listener, kind) = if proxy {
+            (None, Kind::Proxy)
+        } else {
+            let listener = relay::bind(args.listen_host, args.listen_port)
+                .map_err(|e| format!("cannot listen on {}:{}: {e}", args.listen_host, args.listen_port))?;
+            let relay_port = listener.local_addr().map_err(|e| e.to_string())?.port();
+            (Some(listener), Kind::RemoteCommand { relay_port })
+        };
         let signals = Signals::new().map_err(|e| format!("cannot handle signals: {e}"))?;
         let tee_stdin = open_tee(args.tee_stdin.as_deref(), "--tee-stdin")?;
         let tee_stdout = open_tee(args.tee_stdout.as_deref(), "--tee-stdout")?;
         let secrets = job::Secrets::generate()?;
-        Ok::<_, String>((listener, port, signals, tee_stdin, tee_stdout, secrets))
+        Ok::<_, String>((listener, kind, signals, tee_stdin, tee_stdout, secrets))
     };
-    let (listener, port, mut signals, tee_stdin, tee_stdout, secrets) = match start.await {
+    let (listener, kind, mut signals, tee_stdin, tee_stdout, secrets) = match start.await {
         Ok(started) => started,
         Err(e) => {
             tracing::error!("{e}");
             return 1;
         }
     };
-    let started = if args.no_profile {
-        no_profile::start(&args, &secrets, port)
-    } else {
-        let mut hangup = streams::watch_hangup();
-        profile::start_window(&args, &slurm, &mut signals, &mut hangup, &secrets, port).await
+    let started = match kind {
+        Kind::RemoteCommand { relay_port } if args.no_profile => {
+            no_profile::start(&args, &secrets, relay_port)
+        }
+        _ => {
+            let mut hangup = streams::watch_hangup();
+            profile::start_window(&args, &slurm, &mut signals, &mut hangup, &secrets, kind).await
+        }
     };
     let job::Started { mut child, joined, filter, early } = match started {
         Ok(started) => started,
@@ -107,9 +134,15 @@ async fn run(args: SessionArgs, slurm: Slurm) -> i32 {
             return 1;
         }
     };
-    match joined {
-        Some(id) => tracing::info!("relay listening on port {port}; window started in job {id}"),
-        None => tracing::info!("relay listening on port {port}; salloc started"),
+    match (kind, joined) {
+        (Kind::Proxy, Some(id)) => tracing::info!("proxy window started in job {id}"),
+        (Kind::RemoteCommand { relay_port }, Some(id)) => {
+            tracing::info!("relay listening on port {relay_port}; window started in job {id}")
+        }
+        (Kind::RemoteCommand { relay_port }, None) => {
+            tracing::info!("relay listening on port {relay_port}; salloc started")
+        }
+        (Kind::Proxy, None) => tracing::info!("proxy window started"),
     }
 
     let (Some(to_child), Some(from_child), Some(child_stderr)) =
@@ -125,13 +158,20 @@ async fn run(args: SessionArgs, slurm: Slurm) -> i32 {
         ..Default::default()
     });
 
-    let stdout_task =
-        tokio::spawn(streams::forward_stdout(from_child, filter, early, endpoint_tx, tee_stdout));
+    let stdout_task = match kind {
+        // After the helper's ready line, every byte is the SSH connection's.
+        Kind::Proxy => tokio::spawn(streams::forward_raw(from_child, filter, early, tee_stdout)),
+        Kind::RemoteCommand { .. } => {
+            tokio::spawn(streams::forward_stdout(from_child, filter, early, endpoint_tx, tee_stdout))
+        }
+    };
     let stderr_task = tokio::spawn(job::follow_stderr(child_stderr, status_tx));
     let mut stdin_task = tokio::spawn(streams::forward_stdin(to_child, tee_stdin));
     let (server_gone_tx, mut server_gone) = tokio::sync::mpsc::channel(1);
     let door_key = secrets.door_key.clone();
-    tokio::spawn(relay::serve(listener, endpoint_rx, door_key, args.connect_wait(), server_gone_tx));
+    if let Some(listener) = listener {
+        tokio::spawn(relay::serve(listener, endpoint_rx, door_key, args.connect_wait(), server_gone_tx));
+    }
     let child_group = child.id().and_then(|pid| i32::try_from(pid).ok());
     tokio::spawn(end_revoked_allocation(status_rx.clone(), child_group));
     let mut job_lost = joined.map(|id| profile::end_window_of_lost_job(id, slurm.clone(), child_group));

@@ -1,6 +1,11 @@
 //! `vscode-shim setup`: prints what a user puts on the laptop (the ssh host
 //! entry, VS Code's settings and a check command), and with `--write` adds
 //! the host entry to the ssh config file. It asks nothing.
+//!
+//! `--proxy` prints the other host kind, a `ProxyCommand` entry for every
+//! SSH client, with the `known_hosts` line of the user's job host key (made
+//! here once if the home has none: the key lives in the cluster's home, so
+//! this runs on a login node); `--write` then adds both.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -11,6 +16,9 @@ use clap::Args;
 
 /// Default ssh config file for the VS Code hosts (`remote.SSH.configFile`).
 const DEFAULT_CONFIG: &str = "~/.ssh/vscode-slurm.config";
+/// A proxy host gets in no one's way, so it goes where every client looks.
+const DEFAULT_PROXY_CONFIG: &str = "~/.ssh/config";
+const DEFAULT_KNOWN_HOSTS: &str = "~/.ssh/known_hosts";
 
 /// Prints the laptop's ssh config entry and VS Code settings for a session in a Slurm job.
 ///
@@ -31,9 +39,21 @@ pub struct SetupArgs {
     #[arg(long, value_name = "ALIAS")]
     pub name: String,
 
-    /// The ssh config file used only by VS Code (remote.SSH.configFile).
-    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
-    pub config: String,
+    /// The ssh config file: for RemoteCommand, one used only by VS Code
+    /// (remote.SSH.configFile, default ~/.ssh/vscode-slurm.config); with
+    /// --proxy, the usual one (default ~/.ssh/config).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<String>,
+
+    /// A ProxyCommand host for every SSH client (VSCodium, Cursor, JetBrains
+    /// Gateway, ssh, scp, rsync) instead of a RemoteCommand one for VS Code;
+    /// also prints the known_hosts line of your job host key.
+    #[arg(long)]
+    pub proxy: bool,
+
+    /// With --proxy --write: the known_hosts file the job host key is added to.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_KNOWN_HOSTS, requires = "proxy")]
+    pub known_hosts: String,
 
     /// The ssh key for the login node, if not one of ssh's defaults.
     #[arg(long, value_name = "FILE")]
@@ -57,6 +77,16 @@ pub struct SetupArgs {
     pub salloc_args: Vec<String>,
 }
 
+impl SetupArgs {
+    fn config(&self) -> &str {
+        match (&self.config, self.proxy) {
+            (Some(config), _) => config,
+            (None, false) => DEFAULT_CONFIG,
+            (None, true) => DEFAULT_PROXY_CONFIG,
+        }
+    }
+}
+
 /// Runs `setup`; returns the exit code.
 pub fn run(args: &SetupArgs) -> i32 {
     let optional = [("--profile", &args.profile), ("--identity-file", &args.identity_file)];
@@ -69,14 +99,17 @@ pub fn run(args: &SetupArgs) -> i32 {
         eprintln!("vscode-shim setup: {} must be one word without spaces or '#'", bad.0);
         return 2;
     }
-    if args.write && args.config.starts_with("~/") && std::env::var_os("HOME").is_none() {
+    if args.write && args.config().starts_with("~/") && std::env::var_os("HOME").is_none() {
         eprintln!(
             "vscode-shim setup: HOME is not set, so {} is nowhere; give --config a full path",
-            args.config
+            args.config()
         );
         return 2;
     }
-    let path = expand_home(&args.config);
+    if args.proxy {
+        return run_proxy(args);
+    }
+    let path = expand_home(args.config());
     if args.write {
         match fs::read_to_string(&path) {
             Ok(text) if has_host(&text, &args.name) => {
@@ -109,7 +142,7 @@ pub fn run(args: &SetupArgs) -> i32 {
 
 /// Everything `setup` prints.
 pub fn render(args: &SetupArgs) -> String {
-    let config = &args.config;
+    let config = args.config();
     let name = &args.name;
     let check = format!(
         "ssh -F {} -o RemoteCommand=none {name} \
@@ -159,6 +192,169 @@ pub fn host_block(args: &SetupArgs) -> String {
     }
     block.push_str(&format!("    RemoteCommand {command}\n"));
     block
+}
+
+/// `--proxy`: the Host entry and the known_hosts line, printed, and with
+/// `--write` added where they are missing (never twice).
+fn run_proxy(args: &SetupArgs) -> i32 {
+    let Some(home) = std::env::var_os("HOME").map(PathBuf::from) else {
+        eprintln!(
+            "vscode-shim setup: HOME is not set, so there is no job host key to show; run it on a login node"
+        );
+        return 2;
+    };
+    let public = match vscode_slurm_common::host_key::ensure(
+        &home.join(vscode_slurm_protocol::proxy::HOST_KEY),
+        vscode_slurm_protocol::proxy::HOST_KEY_COMMENT,
+    ) {
+        Ok(public) => public,
+        Err(e) => {
+            eprintln!("vscode-shim setup: {e}");
+            return 1;
+        }
+    };
+    let known = known_hosts_line(args, &public);
+    let config_path = expand_home(args.config());
+    let known_path = expand_home(&args.known_hosts);
+    if args.write {
+        if let Err(e) = check_known_hosts(&known_path, args, &known) {
+            eprintln!("vscode-shim setup: {e}; nothing written");
+            return 1;
+        }
+    }
+    print!("{}", render_proxy(args, &known));
+    if !args.write {
+        return 0;
+    }
+    let block = proxy_block(args);
+    match fs::read_to_string(&config_path) {
+        Ok(text) if has_host(&text, &args.name) => {
+            eprintln!(
+                "vscode-shim setup: {} already has Host {}; left as it is",
+                config_path.display(),
+                args.name
+            )
+        }
+        Ok(_) | Err(_) => match append(&config_path, &block) {
+            Ok(()) => eprintln!("vscode-shim setup: added Host {} to {}", args.name, config_path.display()),
+            Err(e) => {
+                eprintln!("vscode-shim setup: cannot write {}: {e}", config_path.display());
+                return 1;
+            }
+        },
+    }
+    let present = fs::read_to_string(&known_path).is_ok_and(|text| text.lines().any(|l| l.trim() == known));
+    if present {
+        eprintln!("vscode-shim setup: {} already has the job host key", known_path.display());
+    } else if let Err(e) = append_line(&known_path, &known) {
+        eprintln!("vscode-shim setup: cannot write {}: {e}", known_path.display());
+        return 1;
+    } else {
+        eprintln!("vscode-shim setup: added the job host key to {}", known_path.display());
+    }
+    0
+}
+
+/// A known_hosts entry for the alias with another key would make ssh refuse
+/// every connection: say so before writing anything.
+fn check_known_hosts(path: &std::path::Path, args: &SetupArgs, line: &str) -> Result<(), String> {
+    let alias = vscode_slurm_protocol::proxy::host_key_alias(&args.login);
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let other = text.lines().map(str::trim).any(|l| {
+        l != line && l.split_whitespace().next().is_some_and(|hosts| hosts.split(',').any(|h| h == alias))
+    });
+    if other {
+        return Err(format!(
+            "{} has another key for {alias}; remove that line (ssh-keygen -R {alias} -f {}) and run this again",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// `ALIAS TYPE KEY`, the line the laptop's known_hosts needs.
+pub fn known_hosts_line(args: &SetupArgs, public: &str) -> String {
+    format!("{} {public}", vscode_slurm_protocol::proxy::host_key_alias(&args.login))
+}
+
+/// The ProxyCommand host entry, as `--write` adds it.
+pub fn proxy_block(args: &SetupArgs) -> String {
+    let alias = vscode_slurm_protocol::proxy::host_key_alias(&args.login);
+    let mut block = format!(
+        "Host {}
+    User {}
+    HostKeyAlias {alias}
+",
+        args.name, args.user
+    );
+    let mut login = format!("ssh -T -l {}", args.user);
+    if let Some(identity) = &args.identity_file {
+        block.push_str(&format!(
+            "    IdentityFile {identity}
+"
+        ));
+        login.push_str(&format!(" -i {identity}"));
+    }
+    let mut command = format!("{login} {} vscode-shim proxy", args.login);
+    if let Some(profile) = &args.profile {
+        command.push_str(&format!(" --profile {}", remote_command_word(profile)));
+    }
+    command.push_str(" --");
+    for arg in &args.salloc_args {
+        command.push(' ');
+        command.push_str(&remote_command_word(arg));
+    }
+    block.push_str(&format!(
+        "    ProxyCommand {command}
+"
+    ));
+    block
+}
+
+/// Everything `setup --proxy` prints.
+pub fn render_proxy(args: &SetupArgs, known: &str) -> String {
+    let name = &args.name;
+    format!(
+        "# 1. ssh config on the laptop: this block belongs in {config}; it gets in the way of\n\
+         #    nothing (ssh to {login} itself stays as it is).\n\
+         \n\
+         {block}\
+         \n\
+         # 2. The job host key, one line for the laptop's {known_hosts}\n\
+         #    (ssh then checks every job's server without asking):\n\
+         \n\
+         {known}\n\
+         \n\
+         # 3. Use it with any SSH client: ssh {name}, scp FILE {name}:, rsync, ssh -L, ssh -X;\n\
+         #    VS Code, VSCodium, Cursor, Windsurf: Remote-SSH: Connect to Host... > {name};\n\
+         #    JetBrains Gateway, Zed: a host named {name}. Each connection is a window of the\n\
+         #    profile's Slurm job (queued on first use), so the first one waits for the job.\n",
+        config = args.config(),
+        login = args.login,
+        block = proxy_block(args),
+        known_hosts = args.known_hosts,
+    )
+}
+
+/// Appends one line, making the file 0600 (and its directory 0700) if new.
+fn append_line(path: &std::path::Path, line: &str) -> io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    let existing = fs::read(path).unwrap_or_default();
+    let mut text = String::new();
+    if !existing.is_empty() && !existing.ends_with(b"\n") {
+        text.push('\n');
+    }
+    text.push_str(line);
+    text.push('\n');
+    let mut file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    file.write_all(text.as_bytes())
 }
 
 /// Quotes a word for the login node's shell, and doubles `%` (ssh expands

@@ -80,6 +80,34 @@ pub async fn forward_stdout(
     out.write(&rest).await;
 }
 
+/// A proxy window's stdout: what came with the helper's ready line, then
+/// the SSH connection's bytes untouched (the filter only ends what it held).
+pub async fn forward_raw(
+    mut from_child: ChildStdout,
+    mut filter: ControlFilter,
+    early: Vec<Piece>,
+    tee: Option<File>,
+) {
+    let mut out = Stdout { stdout: tokio::io::stdout(), tee, broken: false };
+    for piece in early {
+        if let Piece::Data(data) = piece {
+            out.write(&data).await;
+        }
+    }
+    out.write(&filter.finish()).await;
+    let mut buf = vec![0u8; BUFFER];
+    loop {
+        match from_child.read(&mut buf).await {
+            Ok(0) => return,
+            Ok(n) => out.write(&buf[..n]).await,
+            Err(e) => {
+                tracing::debug!("reading the job's stdout: {e}");
+                return;
+            }
+        }
+    }
+}
+
 async fn handle(piece: Piece, out: &mut Stdout, endpoint: &watch::Sender<Option<SocketAddr>>) {
     match piece {
         Piece::Data(data) => out.write(&data).await,

@@ -57,6 +57,7 @@ fn a_first_window_submits_one_job_and_its_server_is_reached_through_the_relay() 
             "--ntasks=1",
             "--kill-on-bad-exit=1",
             "--job-name=vscode:first",
+            "--unbuffered",
             &helper().display().to_string(),
             "--through-keeper",
         ]]

@@ -393,6 +393,7 @@ fn session_relays_filters_and_ends_on_stdin_eof() {
             "--nodes=1",
             "--ntasks=1",
             "--kill-on-bad-exit=1",
+            "--unbuffered",
             "vscode-job-helper"
         ]
     );
@@ -523,12 +524,27 @@ fn bad_arguments_give_one_line_and_exit_2() {
 }
 
 #[test]
+fn bad_proxy_arguments_give_one_line_and_exit_2_before_slurm() {
+    for (args, wanted) in [
+        (&["proxy", "--bogus"][..], "see 'vscode-shim proxy --help'"),
+        (&["proxy", "--no-profile"], "--no-profile does not apply"),
+        (&["proxy", "--profile", "a b"], "is not a usable name"),
+    ] {
+        let (code, stdout, stderr) = run_cli(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: nothing may reach the ssh client's stream: {stdout}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("vscode-shim proxy: ") && stderr.contains(wanted), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn help_and_version_print_normally() {
     let (code, stdout, _) = run_cli(&["--help"]);
     assert_eq!(code, Some(0));
     assert!(stdout.contains("--listen-port") && stdout.contains("SALLOC_ARGS"));
     assert!(!stdout.contains("--scancel"), "test-only flags stay hidden");
-    for sub in ["setup", "doctor", "sessions", "stop"] {
+    for sub in ["setup", "doctor", "sessions", "stop", "proxy"] {
         assert!(
             stdout.lines().any(|l| l.trim_start().starts_with(sub)),
             "--help does not list {sub}:\n{stdout}"

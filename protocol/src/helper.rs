@@ -14,6 +14,10 @@ pub const WARN_BEFORE: &str = "--warn-before";
 /// server outlives this window's step.
 pub const THROUGH_KEEPER: &str = "--through-keeper";
 
+/// A proxy window's subcommand: serve one SSH connection on the step's
+/// stdio with the node's sshd in inetd mode (see [`crate::proxy`]).
+pub const SSHD: &str = "sshd";
+
 /// The long name of a flag, as clap's `#[arg(long = ...)]` takes it.
 pub const fn long(flag: &'static str) -> &'static str {
     match flag.as_bytes() {

@@ -4,7 +4,8 @@
 //! The helper sends one spawn request: a header (this module's [`header`])
 //! that carries the three pipe ends the launch script's shell gets as stdin,
 //! stdout and stderr (SCM_RIGHTS, passed by the helper's `keeper::wire`),
-//! then the program, working directory and environment ([`encode_payload`]).
+//! then the program, its arguments, working directory and environment
+//! ([`encode_payload`]).
 //! The keeper answers with text lines ([`Answer`]): `pid N` once the shell
 //! runs, `exit CODE` when it ends, and `notice TEXT` whenever the user must
 //! be told something (a time-limit warning). The connection staying open is
@@ -19,6 +20,8 @@ pub const SOCKET_NAME: &str = "keeper.sock";
 pub const MAGIC: &[u8; 4] = b"VSK1";
 /// The header: [`MAGIC`] and the payload's length (little-endian u32).
 pub const HEADER_LEN: usize = 8;
+/// A proxy window's sshd takes a handful.
+pub const MAX_ARGS: usize = 16;
 /// Environments are a few KiB; the bound keeps a confused peer from making
 /// the keeper allocate without limit.
 pub const MAX_REQUEST: usize = 1 << 20;
@@ -27,6 +30,9 @@ pub const MAX_REQUEST: usize = 1 << 20;
 #[derive(Debug, PartialEq, Eq)]
 pub struct SpawnRequest {
     pub program: PathBuf,
+    /// After the program's name: none for a launch script's shell, sshd's
+    /// for a proxy window.
+    pub args: Vec<String>,
     pub cwd: PathBuf,
     pub env: Vec<(String, String)>,
 }
@@ -72,7 +78,15 @@ pub fn encode_payload(request: &SpawnRequest) -> io::Result<Vec<u8>> {
         Ok(())
     };
     use std::os::unix::ffi::OsStrExt;
+    if request.args.len() > MAX_ARGS {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many arguments in the spawn request"));
+    }
     field(request.program.as_os_str().as_bytes())?;
+    // The count first: an argument may hold '=' like an environment entry.
+    field(request.args.len().to_string().as_bytes())?;
+    for arg in &request.args {
+        field(arg.as_bytes())?;
+    }
     field(request.cwd.as_os_str().as_bytes())?;
     for (key, value) in &request.env {
         field(format!("{key}={value}").as_bytes())?;
@@ -88,6 +102,13 @@ pub fn decode_payload(payload: &[u8]) -> Option<SpawnRequest> {
     let body = payload.strip_suffix(&[0])?;
     let mut fields = body.split(|&b| b == 0);
     let program = PathBuf::from(std::ffi::OsStr::from_bytes(fields.next()?));
+    let count: usize = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+    if count > MAX_ARGS {
+        return None;
+    }
+    let args = (0..count)
+        .map(|_| std::str::from_utf8(fields.next()?).ok().map(str::to_owned))
+        .collect::<Option<Vec<_>>>()?;
     let cwd = PathBuf::from(std::ffi::OsStr::from_bytes(fields.next()?));
     if !program.is_absolute() || !cwd.is_absolute() {
         return None;
@@ -99,7 +120,7 @@ pub fn decode_payload(payload: &[u8]) -> Option<SpawnRequest> {
             (!key.is_empty()).then(|| (key.to_owned(), value.to_owned()))
         })
         .collect::<Option<Vec<_>>>()?;
-    Some(SpawnRequest { program, cwd, env })
+    Some(SpawnRequest { program, args, cwd, env })
 }
 
 /// The header that goes with the descriptors: magic and payload length.
@@ -129,10 +150,18 @@ mod tests {
     fn requests_answers_and_headers_round_trip() {
         let request = SpawnRequest {
             program: "/bin/bash".into(),
+            args: vec![],
             cwd: "/home/alice".into(),
             env: vec![("HOME".into(), "/home/alice".into()), ("EMPTY".into(), String::new())],
         };
         assert_eq!(decode_payload(&encode_payload(&request).unwrap()), Some(request));
+        let sshd = SpawnRequest {
+            program: "/usr/sbin/sshd".into(),
+            args: vec!["-i".into(), "-o".into(), "LogLevel=INFO".into()],
+            cwd: "/".into(),
+            env: vec![("A".into(), "b".into())],
+        };
+        assert_eq!(decode_payload(&encode_payload(&sshd).unwrap()), Some(sshd));
         for answer in [Answer::Pid(42), Answer::Exit(-1), Answer::Notice("job 7 ends in 2 minutes".into())] {
             assert_eq!(Answer::parse(&answer.line()), Some(answer));
         }
@@ -147,9 +176,11 @@ mod tests {
     #[test]
     fn bad_payloads_are_refused() {
         assert_eq!(decode_payload(b""), None);
-        assert_eq!(decode_payload(b"bash\0/home\0"), None, "relative program");
-        assert_eq!(decode_payload(b"/bin/sh\0/\0NOEQUALS\0"), None);
-        assert_eq!(decode_payload(b"/bin/sh\0/\0=x\0"), None);
-        assert!(decode_payload(b"/bin/sh\0/\0A=b=c\0").is_some());
+        assert_eq!(decode_payload(b"bash\x000\0/home\0"), None, "relative program");
+        assert_eq!(decode_payload(b"/bin/sh\x000\0/\0NOEQUALS\0"), None);
+        assert_eq!(decode_payload(b"/bin/sh\x000\0/\0=x\0"), None);
+        assert_eq!(decode_payload(b"/bin/sh\x0099\0/\0"), None, "too many arguments");
+        assert_eq!(decode_payload(b"/bin/sh\x002\0-c\0"), None, "fewer arguments than counted");
+        assert!(decode_payload(b"/bin/sh\x000\0/\0A=b=c\0").is_some());
     }
 }

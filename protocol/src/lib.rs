@@ -50,6 +50,7 @@ pub mod door;
 pub mod duration;
 pub mod helper;
 pub mod keeper;
+pub mod proxy;
 pub mod slurm;
 #[doc(hidden)]
 pub mod testing;

@@ -10,6 +10,13 @@ pub const OPTION: &str = "vscode";
 /// (`--vscode-linger=DURATION`, see [`crate::duration`]).
 pub const LINGER_OPTION: &str = "vscode-linger";
 
+/// srun's flag for a window's step. slurmstepd otherwise holds a task's
+/// output until a newline or 1 KiB (buffered stdio): fine for a launch
+/// script's lines, but an SSH connection's packets (a proxy window) and an
+/// exec server speaking over the launch stream have no newlines, and would
+/// stall part-way.
+pub const UNBUFFERED: &str = "--unbuffered";
+
 /// A profile's job is named `vscode:PROFILE`, so `squeue --name` finds it.
 pub const JOB_NAME_PREFIX: &str = "vscode:";
 

@@ -318,6 +318,29 @@ impl LineProcess {
         self.expect_on(Stream::Stdout, what, timeout, wanted)
     }
 
+    /// Where stderr stands now, for [`LineProcess::expect_stderr_line_after`]:
+    /// lines from here on count, even if waiting on stdout collects them.
+    pub fn stderr_mark(&mut self) -> usize {
+        self.drain_stderr();
+        self.stderr_seen.len()
+    }
+
+    /// Like `expect_stderr_line`, but a line that came after `mark` and was
+    /// already collected (while waiting on stdout) counts too.
+    pub fn expect_stderr_line_after(
+        &mut self,
+        mark: usize,
+        what: &str,
+        timeout: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
+        self.drain_stderr();
+        if let Some(line) = self.stderr_seen.iter().skip(mark).find(|l| wanted(l)) {
+            return line.clone();
+        }
+        self.expect_on(Stream::Stderr, what, timeout, wanted)
+    }
+
     /// Like `expect_line`, for stderr: waits for a new stderr line satisfying
     /// `wanted` (lines seen before the call do not count).
     pub fn expect_stderr_line(

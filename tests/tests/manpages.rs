@@ -60,7 +60,7 @@ fn every_program_generates_a_man_page_that_formats_cleanly() {
     }
     // The shim's page refers to a page per subcommand; those exist too.
     let shim = generated("vscode-shim", "man");
-    for sub in ["setup", "doctor", "sessions", "stop"] {
+    for sub in ["setup", "doctor", "sessions", "stop", "proxy"] {
         assert!(shim.contains(&format!("vscode\\-shim\\-{sub}(1)")), "vscode-shim.1 does not refer to {sub}");
         let page = generated("vscode-shim", &format!("man-{sub}"));
         assert!(page.contains(&format!(".TH vscode-shim-{sub} 1")), "no vscode-shim-{sub}.1:\n{page}");

@@ -141,13 +141,16 @@ fn one_command_builds_both_packages_named_for_the_slurm_release() {
     let depends = run("dpkg-deb", &["-f", &deb, "Depends"]);
     assert_eq!(
         depends.trim(),
-        format!("slurm-wlm-basic-plugins (>= {release}), slurm-wlm-basic-plugins (<< {next})"),
-        "the .deb must depend on exactly the Slurm release it was built for"
+        format!(
+            "slurm-wlm-basic-plugins (>= {release}), slurm-wlm-basic-plugins (<< {next}), openssh-client, xauth"
+        ),
+        "the .deb must depend on exactly the Slurm release it was built for, ssh-keygen and xauth \
+         (proxy windows make the job host key and forward X11)"
     );
     let rpm = packages.rpm.to_string_lossy();
     assert_eq!(run("rpm", &["-qp", "--qf", "%{NAME}", &rpm]), packages.name);
     let requires = run("rpm", &["-qp", "--requires", &rpm]);
-    for wanted in [format!("slurm >= {release}"), format!("slurm < {next}")] {
+    for wanted in [format!("slurm >= {release}"), format!("slurm < {next}"), "xorg-x11-xauth".to_owned()] {
         assert!(
             requires.lines().any(|l| l.trim() == wanted),
             "the .rpm lacks `Requires: {wanted}`:\n{requires}"
@@ -185,6 +188,7 @@ fn the_rpm_holds_the_same_files_as_the_deb() {
         "/usr/share/man/man1/vscode-shim-doctor.1.gz".to_owned(),
         "/usr/share/man/man1/vscode-shim-sessions.1.gz".to_owned(),
         "/usr/share/man/man1/vscode-shim-stop.1.gz".to_owned(),
+        "/usr/share/man/man1/vscode-shim-proxy.1.gz".to_owned(),
         format!("{doc}/README.md"),
         format!("{doc}/admin-guide.md"),
         format!("{doc}/troubleshooting.md"),

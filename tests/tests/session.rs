@@ -229,3 +229,50 @@ fn bad_plugstack_arguments_make_salloc_refuse_with_a_vscode_line() {
     assert!(ok.status.success(), "{}", stderr_of(&ok));
     assert!(["10.77.1.11", "10.77.1.12"].contains(&stdout_of(&ok).trim()), "{}", stdout_of(&ok));
 }
+
+/// The exec server over the launch stream (Remote-SSH builds of 2025-2026):
+/// `listeningOn====` passes on empty, and after the script's end marker the
+/// same stdin and stdout carry the server's bytes, through the shim, srun
+/// and the helper, untouched — bytes that look like markers, bind flags and
+/// our control lines included.
+#[test]
+fn stdio_exec_server_works_over_the_launch_stream() {
+    let lab = Lab::get();
+    let mut client = lab.spawn(
+        Some("alice"),
+        "laptop",
+        &[
+            "remote-ssh-client",
+            "--host",
+            "cluster-vscode",
+            "--ssh-config",
+            ".ssh/vscode-slurm.config",
+            "--mode",
+            "stdio",
+        ],
+    );
+    let listening = client.expect_line("listeningOn", Duration::from_secs(90), |l| {
+        l.starts_with("result listeningOn=") || l.starts_with("error") || l.starts_with("ssh-exited")
+    });
+    assert_eq!(listening, "result listeningOn=", "an empty listeningOn reaches VS Code as it was");
+    let answer = client.expect_line("the server's first line", Duration::from_secs(30), |l| {
+        l.starts_with("answer ") || l.starts_with("error")
+    });
+    let answer = answer.trim_start_matches("answer ");
+    let node = json_field(answer, "hostname").unwrap_or_default();
+    assert!(["c1", "c2"].contains(&node.as_str()), "the server runs on a compute node: {answer}");
+    let job: u32 = json_field(answer, "job_id")
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("the server runs in a job: {answer}"));
+    client.expect_line("ready", Duration::from_secs(10), |l| l == "ready");
+    for n in [64, 100_000, 1_000_000] {
+        client.send(&format!("echo {n}"));
+        let echoed = client.expect_line("the echo over the launch stream", Duration::from_secs(60), |l| {
+            l.starts_with("echo ok ") || l.starts_with("error")
+        });
+        assert_eq!(echoed, format!("echo ok {n}"));
+    }
+    client.send("close");
+    client.expect_line("the session to close", Duration::from_secs(30), |l| l.starts_with("closed "));
+    assert_nothing_left(&lab, "alice", job, Duration::from_secs(20));
+}

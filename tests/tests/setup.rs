@@ -244,3 +244,66 @@ fn the_printed_ssh_block_runs_a_session_in_the_lab() {
     let (_, _client) = session.close();
     assert_nothing_left(&lab, user, job, Duration::from_secs(60));
 }
+
+/// `setup --proxy --write`: the Host block and the job host key's line, each
+/// added once however often it runs; a known_hosts entry for the alias with
+/// another key is refused in one line, with nothing written.
+#[test]
+fn proxy_write_adds_the_block_and_the_host_key_once() {
+    let home = TempDir::new("setup-proxy");
+    let args = [
+        "--proxy",
+        "--login",
+        "login.example",
+        "--user",
+        "alice",
+        "--name",
+        "hpc-job",
+        "--write",
+        "--",
+        "--time=1:00:00",
+    ];
+    let first = setup(&home.0, &args);
+    assert!(first.status.success(), "setup --proxy --write failed: {}", stderr_of(&first));
+    let printed = stdout_of(&first);
+    let block = printed_block(&printed);
+    assert!(block.contains("    HostKeyAlias vscode-slurm-job.login.example\n"), "{block}");
+    assert!(
+        block
+            .contains("    ProxyCommand ssh -T -l alice login.example vscode-shim proxy -- --time=1:00:00\n"),
+        "{block}"
+    );
+    let key = fs::read_to_string(home.0.join(".ssh/vscode-slurm-job-host-key.pub")).unwrap();
+    let known = format!(
+        "vscode-slurm-job.login.example {}",
+        key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+    );
+    assert!(printed.contains(&format!("\n{known}\n")), "the known_hosts line is printed:\n{printed}");
+    let private = fs::metadata(home.0.join(".ssh/vscode-slurm-job-host-key")).unwrap();
+    assert_eq!(private.permissions().mode() & 0o777, 0o600, "the job host key is the user's alone");
+    assert_eq!(fs::read_to_string(home.0.join(".ssh/config")).unwrap(), block);
+    assert_eq!(fs::read_to_string(home.0.join(".ssh/known_hosts")).unwrap(), format!("{known}\n"));
+
+    let again = setup(&home.0, &args);
+    assert!(again.status.success(), "{}", stderr_of(&again));
+    assert_eq!(stdout_of(&again), printed, "the same key and block the second time");
+    assert_eq!(fs::read_to_string(home.0.join(".ssh/config")).unwrap(), block, "the block was added twice");
+    assert_eq!(
+        fs::read_to_string(home.0.join(".ssh/known_hosts")).unwrap(),
+        format!("{known}\n"),
+        "the key was added twice"
+    );
+
+    fs::write(home.0.join(".ssh/known_hosts"), "vscode-slurm-job.login.example ssh-ed25519 AAAAother\n")
+        .unwrap();
+    let refused = setup(&home.0, &args);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = stderr_of(&refused);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("has another key for vscode-slurm-job.login.example")
+            && stderr.contains("nothing written"),
+        "{stderr}"
+    );
+    assert_eq!(stdout_of(&refused), "");
+}

@@ -235,13 +235,15 @@ fn a_stranger_in_the_servers_place_gets_no_byte() {
         squatter.expect_line("`listening PID`", Duration::from_secs(10), |l| l.starts_with("listening "));
     let squatter_pid = listening.trim_start_matches("listening ").to_owned();
 
+    // Waiting for stdout collects stderr too: the refusal may come first.
+    let mark = session.client.stderr_mark();
     session.client.send("get");
     let seen = session.client.expect_line("the refused `get`", Duration::from_secs(20), |l| {
         l.starts_with("answer") || l.starts_with("error") || l.starts_with("ssh-exited")
     });
     assert!(!seen.contains("bob's fake server"), "VS Code got bob's bytes: {seen}");
     assert!(!seen.starts_with("answer"), "VS Code got an answer from bob's process: {seen}");
-    session.client.expect_stderr_line("the relay's refusal", Duration::from_secs(20), |l| {
+    session.client.expect_stderr_line_after(mark, "the relay's refusal", Duration::from_secs(20), |l| {
         l.contains("found another user's process where the session's server was; not forwarding")
     });
     let got = squatter

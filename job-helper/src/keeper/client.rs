@@ -47,8 +47,8 @@ pub struct Streams {
 }
 
 /// Connects to the keeper of the job's runtime directory `dir` and has it
-/// start `program` with pipes to us.
-pub async fn spawn(program: &Path, dir: &Path) -> io::Result<(KeptShell, Streams)> {
+/// start `program` with `args` and pipes to us.
+pub async fn spawn(program: &Path, args: &[String], dir: &Path) -> io::Result<(KeptShell, Streams)> {
     let path = dir.join(wire::SOCKET_NAME);
     let mut socket = connect(&path).await?;
     let (stdin_read, stdin_write) = pipe_pair()?;
@@ -56,6 +56,7 @@ pub async fn spawn(program: &Path, dir: &Path) -> io::Result<(KeptShell, Streams
     let (stderr_read, stderr_write) = pipe_pair()?;
     let request = SpawnRequest {
         program: program.to_path_buf(),
+        args: args.to_vec(),
         cwd: std::env::current_dir()?,
         env: std::env::vars_os()
             .filter(|(key, _)| !env::HIDDEN_FROM_SCRIPT.iter().any(|hidden| key == hidden))
@@ -63,7 +64,7 @@ pub async fn spawn(program: &Path, dir: &Path) -> io::Result<(KeptShell, Streams
             .collect(),
     };
     if request.program.as_os_str().as_bytes().first() != Some(&b'/') {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "the shell must be an absolute path"));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "the program must be an absolute path"));
     }
     wire::send_spawn(&mut socket, &request, [&stdin_read, &stdout_write, &stderr_write])?;
     // The shell has its ends now (the keeper's copies); ours must close, or

@@ -240,6 +240,7 @@ fn spawn_shell(request: &SpawnRequest, fds: [std::os::fd::OwnedFd; 3]) -> io::Re
     let [stdin, stdout, stderr] = fds;
     let mut command = Command::new(&request.program);
     command
+        .args(&request.args)
         .current_dir(&request.cwd)
         .env_clear()
         .envs(request.env.iter().map(|(k, v)| (k, v)))

@@ -81,7 +81,7 @@ mod tests {
     fn descriptors_travel_with_the_header() {
         let (mut client, server) = UnixStream::pair().unwrap();
         let pipes: Vec<(OwnedFd, OwnedFd)> = (0..3).map(|_| nix::unistd::pipe().unwrap()).collect();
-        let request = SpawnRequest { program: "/bin/sh".into(), cwd: "/".into(), env: vec![] };
+        let request = SpawnRequest { program: "/bin/sh".into(), args: vec![], cwd: "/".into(), env: vec![] };
         send_spawn(&mut client, &request, [&pipes[0].0, &pipes[1].1, &pipes[2].1]).unwrap();
         let (len, fds) = recv_header(server.as_raw_fd()).unwrap();
         let mut payload = vec![0u8; len];

@@ -7,6 +7,9 @@
 //! retry. A relay that is not yet listening at that moment therefore fails the test, as it would
 //! fail a real user.
 //!
+//! Without `RemoteCommand` (a ProxyCommand host: `--remote-command bash`), it runs the shell on
+//! the host's command line as Remote-SSH then does, and feeds it the same script.
+//!
 //! Everything goes to stdout one line at a time (see `usage`), so a test can follow a session
 //! with a line reader and drive it through our stdin.
 
@@ -27,6 +30,12 @@ const COMMIT: &str = "0000000000000000000000000000000000test";
 const LEGACY_TEMPLATE: &str = include_str!("../../scripts/legacy.sh");
 const EXEC_SERVER_TEMPLATE: &str = include_str!("../../scripts/exec-server.sh");
 const SOCKET_TEMPLATE: &str = include_str!("../../scripts/socket.sh");
+const STDIO_TEMPLATE: &str = include_str!("../../scripts/stdio.sh");
+/// What `echo N` puts first in stdio mode: bytes that look like what the
+/// helper and the shim act on (markers, bind flags, a control line, an end
+/// marker), which must come back untouched all the same.
+const STDIO_TRAPS: &[u8] = b"listeningOn==5555==\nlisteningOn====\n--on-port --port=0 --bind-addr=127.0.0.1 \
+    \n@@vscode-slurm@@ 00000000000000000000000000000000 ready\nab: end\n\0\xff\r\n";
 
 /// Generous for a relay chain over a loaded two-core machine, short enough to fail a test
 /// instead of hanging it.
@@ -34,8 +43,9 @@ const IO_TIMEOUT: Duration = Duration::from_secs(60);
 const SOCKS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn usage() -> &'static str {
-    "usage: remote-ssh-client --host ALIAS [--mode legacy|exec-server|socket] [--template FILE] \
-     [--socks-port N] [--ssh PATH] [--ssh-config FILE] [--connect-timeout SECS] [--ssh-option OPT ...]"
+    "usage: remote-ssh-client --host ALIAS [--mode legacy|exec-server|socket|stdio] [--template FILE] \
+     [--socks-port N] [--ssh PATH] [--ssh-config FILE] [--connect-timeout SECS] [--ssh-option OPT ...] \
+     [--remote-command SHELL]"
 }
 
 /// Tests read our stdout while we run, so every line must reach them at once.
@@ -50,6 +60,9 @@ enum Mode {
     Legacy,
     ExecServer,
     Socket,
+    /// The exec server over the launch stream: empty `listeningOn`, then the
+    /// server's bytes on ssh's stdin and stdout.
+    Stdio,
 }
 
 #[derive(Debug)]
@@ -63,6 +76,9 @@ struct Args {
     ssh_options: Vec<String>,
     /// Like `remote.SSH.configFile`: the VS Code hosts live in a file of their own.
     ssh_config: Option<String>,
+    /// The shell to run on the host when it has no RemoteCommand (`bash` for
+    /// legacy mode, `sh` for the exec server, as Remote-SSH runs them).
+    remote_command: Option<String>,
 }
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
@@ -74,6 +90,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut connect_timeout = Duration::from_secs(60);
     let mut ssh_options = Vec::new();
     let mut ssh_config = None;
+    let mut remote_command = None;
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
@@ -96,6 +113,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                     "legacy" => Mode::Legacy,
                     "exec-server" => Mode::ExecServer,
                     "socket" => Mode::Socket,
+                    "stdio" => Mode::Stdio,
                     other => return Err(format!("unknown mode {other:?}")),
                 }
             }
@@ -112,11 +130,22 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             }
             "--ssh-option" => ssh_options.push(value()?),
             "--ssh-config" => ssh_config = Some(value()?),
+            "--remote-command" => remote_command = Some(value()?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     let host = host.ok_or("--host is required")?;
-    Ok(Args { host, mode, template, socks_port, ssh, connect_timeout, ssh_options, ssh_config })
+    Ok(Args {
+        host,
+        mode,
+        template,
+        socks_port,
+        ssh,
+        connect_timeout,
+        ssh_options,
+        ssh_config,
+        remote_command,
+    })
 }
 
 fn substitute(template: &str, id: &str, commit: &str) -> String {
@@ -279,14 +308,34 @@ enum Event {
     CommandsClosed,
     /// ssh has exited (it is not reaped yet).
     SshExited,
+    /// Stdio mode, after the server's first line: its bytes as they come.
+    Bytes(Vec<u8>),
 }
 
 /// Forwards ssh's stdout line by line; the keep-alive spaces never end a line, so they only
 /// ever show up glued to the front of a later one.
-fn read_ssh_stdout(stdout: impl Read, tx: Sender<Event>) {
+///
+/// In stdio mode (`raw_after`: the end marker), the line after the end marker is the server's
+/// first; everything after it is the server's stream, passed on as bytes.
+fn read_ssh_stdout(stdout: impl Read, tx: Sender<Event>, raw_after: Option<String>) {
     let mut reader = BufReader::new(stdout);
     let mut buf = Vec::new();
+    let mut ended = false;
     loop {
+        if ended {
+            // The server's first line went with the lines: now its stream.
+            let mut chunk = vec![0u8; 64 * 1024];
+            match reader.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    chunk.truncate(n);
+                    if tx.send(Event::Bytes(chunk)).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
         buf.clear();
         match reader.read_until(b'\n', &mut buf) {
             Ok(0) | Err(_) => break,
@@ -295,6 +344,22 @@ fn read_ssh_stdout(stdout: impl Read, tx: Sender<Event>) {
                 let line = line.trim_end_matches(['\n', '\r']);
                 if !line.trim().is_empty() && tx.send(Event::Line(line.to_string())).is_err() {
                     return;
+                }
+                if let Some(end) = &raw_after {
+                    if line.trim() == end {
+                        ended = true;
+                        // One more line (the server's first), then bytes.
+                        buf.clear();
+                        match reader.read_until(b'\n', &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {
+                                let first = String::from_utf8_lossy(&buf).trim_end().to_string();
+                                if tx.send(Event::Line(first)).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -323,6 +388,8 @@ struct Session {
     tx: Sender<Event>,
     socks_port: u16,
     stdout_open: bool,
+    /// The server speaks over the launch stream (`--mode stdio`).
+    stdio: bool,
 }
 
 impl Session {
@@ -420,7 +487,11 @@ impl Session {
             } else if line == end_marker && in_block {
                 break;
             } else if let Some((key, value)) = parse_pair(line).filter(|_| in_block) {
-                if key == "listeningOn" && port.is_none() {
+                if key == "listeningOn" && value.is_empty() && self.stdio {
+                    // No port: the server will speak over this stream after the end marker.
+                    say("result listeningOn=");
+                    port = Some(0);
+                } else if key == "listeningOn" && port.is_none() {
                     // At once, as the extension does: the relay must already be there.
                     say(&format!("result listeningOn={value}"));
                     let p = target_port(&value).unwrap_or_else(|e| self.fail(&e));
@@ -447,6 +518,51 @@ impl Session {
         }
     }
 
+    /// Stdio mode: the server's first line, which says where it runs.
+    fn stdio_hello(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                self.fail("timeout waiting for the server's first line on the launch stream");
+            }
+            if let Some(Event::Line(line)) = self.poll(deadline - now) {
+                say(&format!("answer {line}"));
+                return;
+            }
+        }
+    }
+
+    /// Stdio mode's echo: N bytes (the traps first, then random ones) down ssh's stdin, the
+    /// same N bytes back from its stdout.
+    fn stdio_echo(&mut self, n: usize) -> Result<(), String> {
+        let mut data = STDIO_TRAPS[..n.min(STDIO_TRAPS.len())].to_vec();
+        data.extend(random_bytes(n - data.len()).map_err(|e| format!("cannot read random bytes: {e}"))?);
+        let stdin = self.stdin.as_mut().ok_or("ssh's stdin is closed")?;
+        // The reader thread drains ssh's stdout meanwhile, so this cannot deadlock.
+        stdin.write_all(&data).and_then(|()| stdin.flush()).map_err(|e| format!("writing to ssh: {e}"))?;
+        let mut back = Vec::new();
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while back.len() < n {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!("{} of {n} bytes came back over the launch stream", back.len()));
+            }
+            match self.poll(deadline - now) {
+                Some(Event::Bytes(bytes)) => back.extend(bytes),
+                Some(Event::Line(_)) | None if !self.stdout_open => {
+                    return Err(format!("ssh's stdout closed after {} of {n} bytes", back.len()))
+                }
+                _ => {}
+            }
+        }
+        if back != data {
+            let at = back.iter().zip(&data).position(|(a, b)| a != b).unwrap_or(n);
+            return Err(format!("the stream came back changed (first difference at byte {at} of {n})"));
+        }
+        Ok(())
+    }
+
     fn serve_commands(&mut self, port: u16) -> ! {
         let tx = self.tx.clone();
         thread::spawn(move || read_commands(tx));
@@ -460,9 +576,17 @@ impl Session {
             let mut words = command.split_whitespace();
             match (words.next(), words.next(), words.next()) {
                 (None, ..) => {}
+                (Some("get"), None, _) if self.stdio => say("error no HTTP in stdio mode"),
                 (Some("get"), None, _) => match fetch_info(self.socks_port, port) {
                     Ok(body) => say(&format!("answer {body}")),
                     Err(e) => say(&format!("error {e}")),
+                },
+                (Some("echo"), Some(n), None) if self.stdio => match n.parse::<usize>() {
+                    Ok(n) => match self.stdio_echo(n) {
+                        Ok(()) => say(&format!("echo ok {n}")),
+                        Err(e) => say(&format!("error {e}")),
+                    },
+                    Err(_) => say(&format!("error bad byte count {n:?}")),
                 },
                 (Some("echo"), Some(n), None) => match n.parse::<usize>() {
                     Ok(n) => match echo(self.socks_port, port, n) {
@@ -501,6 +625,7 @@ fn main() {
             Mode::Legacy => LEGACY_TEMPLATE,
             Mode::ExecServer => EXEC_SERVER_TEMPLATE,
             Mode::Socket => SOCKET_TEMPLATE,
+            Mode::Stdio => STDIO_TEMPLATE,
         }
         .to_string(),
     };
@@ -525,6 +650,7 @@ fn main() {
         cmd.arg("-o").arg(opt);
     }
     cmd.args(["-o", "ConnectTimeout=15", "-o", "ExitOnForwardFailure=yes"]).arg(&args.host);
+    cmd.args(&args.remote_command);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = cmd.spawn().unwrap_or_else(|e| fatal(&format!("cannot start {}", args.ssh), e));
     let mut stdin = child.stdin.take();
@@ -538,7 +664,8 @@ fn main() {
     let (tx, events) = mpsc::channel();
     if let Some(out) = stdout {
         let tx = tx.clone();
-        thread::spawn(move || read_ssh_stdout(out, tx));
+        let raw_after = (args.mode == Mode::Stdio).then(|| format!("{id}: end"));
+        thread::spawn(move || read_ssh_stdout(out, tx, raw_after));
     }
     // ssh's exit arrives among its lines: its pidfd turns readable then.
     let exited = pidfd(child.id()).unwrap_or_else(|e| fatal("cannot watch ssh", e));
@@ -548,8 +675,12 @@ fn main() {
             let _ = exit_tx.send(Event::SshExited);
         }
     });
-    let mut session = Session { child, stdin, events, tx, socks_port, stdout_open: true };
+    let stdio = args.mode == Mode::Stdio;
+    let mut session = Session { child, stdin, events, tx, socks_port, stdout_open: true, stdio };
     let port = session.launch(&id, args.connect_timeout);
+    if stdio {
+        session.stdio_hello(args.connect_timeout);
+    }
     say("ready");
     session.serve_commands(port)
 }
