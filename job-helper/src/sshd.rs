@@ -33,7 +33,7 @@ const SFTP_SERVERS: [&str; 3] =
 const XAUTH: [&str; 2] = ["/usr/bin/xauth", "/usr/X11R6/bin/xauth"];
 /// The job's variables a shell in the job expects (sshd starts sessions
 /// with a fresh environment): exact names, or prefixes ending in `_`.
-const JOB_VARIABLES: [&str; 12] = [
+const JOB_VARIABLES: [&str; 13] = [
     "SLURM_JOB_",
     "SLURM_JOBID",
     "SLURM_CLUSTER_NAME",
@@ -46,6 +46,8 @@ const JOB_VARIABLES: [&str; 12] = [
     "CUDA_VISIBLE_DEVICES",
     "ROCR_VISIBLE_DEVICES",
     "GPU_DEVICE_ORDINAL",
+    // The job's private directory on this node, for the user's own sockets.
+    env::RUNTIME_DIR,
 ];
 /// How long sshd's last bytes may take to reach the client after it exits.
 const DRAIN: Duration = Duration::from_millis(500);
@@ -256,8 +258,9 @@ pub fn config_text(facts: &ConfigFacts<'_>) -> String {
          StrictModes yes\n\
          PidFile none\n\
          PrintMotd no\n\
-         # Forwarding only to this node: no ports opened here for others,\n\
-         # no tunnels, no forwarded unix sockets.\n\
+         # Forwarding only to this node's own addresses: no ports opened here\n\
+         # for others, no tunnels. (sshd applies PermitOpen to unix sockets as\n\
+         # well, and no HOST:PORT pattern names one: so none are forwarded.)\n\
          AllowTcpForwarding local\n\
          PermitOpen {permit}\n\
          GatewayPorts no\n\

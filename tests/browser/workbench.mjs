@@ -2,11 +2,12 @@
 //
 // Run by tests/tests/browser.rs as the lab user on the laptop, with node:
 //
-//   node workbench.mjs --playwright DIR --url URL --socks PORT --expect NAME... \
+//   node workbench.mjs --playwright DIR --url URL [--socks PORT] [--password-file F] --expect NAME... \
 //       --edit FILE --text TEXT --command CMD --screenshot PNG
 //
-// Chromium reaches the workbench only through the SOCKS port of the emulated Remote-SSH
-// client's `ssh -D`: nothing on the laptop listens on the workbench's port.
+// With --socks, Chromium reaches the workbench only through the SOCKS port of the emulated
+// Remote-SSH client's `ssh -D`: nothing on the laptop listens on the workbench's port.
+// With --password-file, code-server's login page comes first and gets the password in F.
 //
 // Every observation goes to stdout as one line, `WORD VALUE`, for the test to check:
 //   workbench          the workbench rendered
@@ -29,6 +30,7 @@ const { values: opts } = parseArgs({
     chromium: { type: 'string', default: '/usr/bin/chromium' },
     url: { type: 'string' },
     socks: { type: 'string' },
+    'password-file': { type: 'string' },
     expect: { type: 'string', multiple: true, default: [] },
     edit: { type: 'string' },
     text: { type: 'string' },
@@ -37,7 +39,7 @@ const { values: opts } = parseArgs({
     'timeout-ms': { type: 'string', default: '90000' },
   },
 });
-for (const required of ['playwright', 'url', 'socks', 'edit', 'text', 'command', 'screenshot']) {
+for (const required of ['playwright', 'url', 'edit', 'text', 'command', 'screenshot']) {
   if (!opts[required]) fail(`--${required} is required`);
 }
 const STEP_TIMEOUT = Number(opts['timeout-ms']);
@@ -91,10 +93,12 @@ try {
       timeout: STEP_TIMEOUT,
       viewport: { width: 1440, height: 900 },
       args: [
-        `--proxy-server=socks5://127.0.0.1:${opts.socks}`,
-        // Chromium never proxies loopback unless told to; the workbench's 127.0.0.1 is the
-        // login node's, on the far side of the SOCKS tunnel.
-        '--proxy-bypass-list=<-loopback>',
+        // With --socks (Remote-SSH's ssh -D): Chromium never proxies loopback unless told
+        // to, and the workbench's 127.0.0.1 is the login node's, on the far side of the
+        // SOCKS tunnel. Without it the URL is a port of the laptop's own (ssh -L).
+        ...(opts.socks
+          ? [`--proxy-server=socks5://127.0.0.1:${opts.socks}`, '--proxy-bypass-list=<-loopback>']
+          : []),
         '--no-sandbox',
         '--disable-gpu',
         '--disable-quic',
@@ -110,6 +114,11 @@ try {
 
   await step('loading the workbench', async () => {
     await page.goto(opts.url, { waitUntil: 'domcontentloaded', timeout: STEP_TIMEOUT });
+    if (opts['password-file']) {
+      const { readFileSync } = await import('node:fs');
+      await page.locator('input[name=password]').fill(readFileSync(opts['password-file'], 'utf8').trim());
+      await page.locator('input[type=submit]').click();
+    }
     await page.locator('.monaco-workbench').waitFor({ state: 'visible' });
   });
   say('workbench');

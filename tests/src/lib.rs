@@ -564,4 +564,5 @@ pub fn stderr_of(output: &Output) -> String {
 }
 
 pub mod events;
+pub mod proxy;
 pub mod session;

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use vscode_slurm_tests::proxy::ProxyHost;
 use vscode_slurm_tests::session::{assert_nothing_left, dump, Session, SessionOptions};
 use vscode_slurm_tests::{stderr_of, stdout_of, wait_until, Lab, LineProcess};
 
@@ -15,6 +16,9 @@ use vscode_slurm_tests::{stderr_of, stdout_of, wait_until, Lab, LineProcess};
 /// launch script).
 const PLAYWRIGHT_DIR: &str = "/opt/vscode-slurm-tests/playwright";
 const LAUNCH_SCRIPT: &str = include_str!("../scripts/code-server.sh");
+/// Where `tests/install-vscode-deps` puts code-server; the nodes see the machine's /opt
+/// (and, on a newer release's hosts, are lent it).
+const CODE_SERVER: &str = "/opt/vscode-slurm-tests/code-server/node_modules/.bin/code-server";
 const WORKBENCH_SCRIPT: &str = include_str!("../browser/workbench.mjs");
 const USER: &str = "alice";
 const COMMAND: &str = "hostname; echo $SLURM_JOB_ID";
@@ -95,18 +99,147 @@ fn run_browser(browser: &mut LineProcess) -> Observed {
     Observed { lines }
 }
 
-#[test]
-fn vscode_workbench_in_chromium_runs_in_the_job_and_leaves_nothing() {
-    require_browser_deps();
-    let lab = Lab::get();
-    let tag = std::process::id();
-    let folder = format!("workbench-{tag}");
-    let laptop_home = lab.dir.join("laptop-home").join(USER);
+/// Where a browser run finds its workbench, and what it leaves behind.
+struct Workbench<'a> {
+    node: &'a str,
+    job: u32,
+    base_url: &'a str,
+    /// Remote-SSH's `ssh -D` port on the laptop, when Chromium goes through it.
+    socks_port: Option<u16>,
+    /// code-server's password, in a file on the laptop, when it asks for one.
+    password_file: Option<&'a str>,
+    /// In the user's home, made on the node for the explorer to show.
+    folder: &'a str,
+    /// The screenshot's name under `<target>/test-artifacts`.
+    artifact: &'a str,
+}
 
-    // The user's own VS Code settings: Ctrl+S is what saves (VS Code for the Web saves by
-    // itself after a delay), the terminal renders as DOM rows the test can read, the opened
-    // folder is trusted without a dialog, no welcome page covers the editor. They live in the
-    // launch script's --user-data-dir, on the cluster's shared /home.
+/// Chromium on the laptop, as the user, opens the workbench at `base_url` (through
+/// `socks_port` when given) on a folder made on the node in the job, and shows that
+/// (a) the explorer lists it, (b) the integrated terminal runs in the job on the node,
+/// (c) Ctrl+S saves on the node, (d) a screenshot was taken; then Chromium is gone.
+fn drive_workbench(lab: &Lab, workbench: Workbench<'_>, client: impl Fn() -> String) {
+    let Workbench { node, job, base_url, socks_port, password_file, folder, artifact } = workbench;
+    let tag = std::process::id();
+    let laptop_home = lab.dir.join("laptop-home").join(USER);
+    // Files made on the compute node, in the job, for the explorer to show.
+    let hello = format!("hello-from-{node}.txt");
+    lab.sh_ok(
+        Some(USER),
+        node,
+        &format!(
+            "mkdir -p ~/{folder}/results && echo \"written on $(hostname) in job {job}\" > ~/{folder}/{hello} && \
+             printf '# notes\\n' > ~/{folder}/notes.md"
+        ),
+    );
+
+    // Chromium on the laptop, as the user: through the SOCKS port of the client's ssh -D,
+    // or at the laptop's end of an ssh -L.
+    let script = format!("workbench-{tag}.mjs");
+    let shot_name = format!("workbench-{tag}.png");
+    std::fs::write(laptop_home.join(&script), WORKBENCH_SCRIPT).expect("write the workbench script");
+    let typed = format!("typed in Chromium on the laptop, saved in job {job}");
+    let url = format!("{base_url}?folder=/home/{USER}/{folder}");
+    let shot_on_laptop = format!("/home/{USER}/{shot_name}");
+    match socks_port {
+        Some(port) => say(&format!("Chromium opens {url} through socks5://127.0.0.1:{port}")),
+        None => say(&format!("Chromium opens {url}")),
+    }
+    let browsed = Instant::now();
+    let socks = socks_port.map(|port| port.to_string());
+    let mut argv = vec!["node", &script, "--playwright", PLAYWRIGHT_DIR, "--url", &url];
+    if let Some(socks) = &socks {
+        argv.extend(["--socks", socks]);
+    }
+    if let Some(file) = password_file {
+        argv.extend(["--password-file", file]);
+    }
+    argv.extend([
+        "--expect",
+        &hello,
+        "--expect",
+        "notes.md",
+        "--expect",
+        "results",
+        "--edit",
+        "notes.md",
+        "--text",
+        &typed,
+        "--command",
+        COMMAND,
+        "--screenshot",
+        &shot_on_laptop,
+    ]);
+    let mut browser = lab.spawn(Some(USER), "laptop", &argv);
+    let observed = run_browser(&mut browser);
+    let status = browser.wait(Duration::from_secs(30));
+
+    // The picture first, whatever happened: it shows where things stopped.
+    let shot = artifacts_dir().join(artifact);
+    let _ = std::fs::remove_file(&shot);
+    let shot_taken = std::fs::copy(laptop_home.join(&shot_name), &shot).is_ok();
+    let _ = std::fs::remove_file(laptop_home.join(&shot_name));
+    let _ = std::fs::remove_file(laptop_home.join(&script));
+    assert!(
+        observed.has("done") && status.is_some_and(|s| s.success()),
+        "the browser run failed ({status:?}); screenshot: {}\n{}\nclient:\n{}",
+        if shot_taken { shot.display().to_string() } else { "none".to_owned() },
+        dump(&browser),
+        client()
+    );
+    say(&format!("the browser run took {:.1?}", browsed.elapsed()));
+
+    // (a) The explorer listed what was made on the node.
+    let listed = observed.values("explorer");
+    say(&format!("the explorer lists {}", listed.join(", ")));
+    for name in [hello.as_str(), "notes.md", "results"] {
+        assert!(listed.contains(&name), "the explorer does not list {name}: {listed:?}");
+    }
+
+    // (b) The integrated terminal ran in the job, on the node.
+    let terminal = observed.values("terminal");
+    let at = terminal
+        .iter()
+        .position(|l| l.ends_with(COMMAND))
+        .unwrap_or_else(|| panic!("the command is not in the terminal: {terminal:?}"));
+    let output: Vec<&str> = terminal[at + 1..].iter().take(2).copied().collect();
+    say(&format!("the terminal says `{}` after `{COMMAND}`", output.join(" / ")));
+    assert_eq!(output, [node, job.to_string().as_str()], "terminal rows: {terminal:?}");
+
+    // (c) Ctrl+S saved the typed text on the node.
+    assert_eq!(observed.values("saved"), ["notes.md"]);
+    let content = wait_until(
+        "the saved file on the node",
+        Duration::from_secs(10),
+        || lab.sh(Some(USER), node, &format!("cat ~/{folder}/notes.md")),
+        |out| stdout_of(out) == format!("# notes\n{typed}"),
+    );
+    say(&format!("notes.md on {node} now reads {:?}", stdout_of(&content)));
+
+    // (d) The screenshot is a PNG of some substance.
+    assert!(shot_taken, "no screenshot was copied from the laptop");
+    let png = std::fs::read(&shot).expect("read the screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 20_000,
+        "not a real screenshot: {}",
+        shot.display()
+    );
+    say(&format!("screenshot: {}", shot.display()));
+
+    // (e) The browser is gone from the laptop, and closing ssh ends the job and everything in it.
+    wait_until(
+        "Chromium to be gone from the laptop",
+        Duration::from_secs(10),
+        || lab.sh_ok(None, "laptop", &format!("pgrep -u {USER} -a chromium || true")),
+        |ps| ps.trim().is_empty(),
+    );
+}
+
+/// The user's own VS Code settings: Ctrl+S is what saves (VS Code for the Web saves by
+/// itself after a delay), the terminal renders as DOM rows the test can read, the opened
+/// folder is trusted without a dialog, no welcome page covers the editor. They live in the
+/// launch script's --user-data-dir, on the cluster's shared /home.
+fn write_user_settings(lab: &Lab) {
     let settings = r#"{
   "files.autoSave": "off",
   "terminal.integrated.gpuAcceleration": "off",
@@ -122,6 +255,15 @@ fn vscode_workbench_in_chromium_runs_in_the_job_and_leaves_nothing() {
              printf '%s\\n' '{settings}' > ~/.vscode-server/code-server-data/user/User/settings.json"
         ),
     );
+}
+
+#[test]
+fn vscode_workbench_in_chromium_runs_in_the_job_and_leaves_nothing() {
+    require_browser_deps();
+    let lab = Lab::get();
+    let tag = std::process::id();
+    let folder = format!("workbench-{tag}");
+    write_user_settings(&lab);
 
     // VS Code connects: the launch script starts code-server in the job.
     let before = running_jobs(&lab, USER);
@@ -171,117 +313,17 @@ fn vscode_workbench_in_chromium_runs_in_the_job_and_leaves_nothing() {
         "something on the laptop listens on the workbench port: {laptop}"
     );
 
-    // Files made on the compute node, in the job, for the explorer to show.
-    let hello = format!("hello-from-{node}.txt");
-    lab.sh_ok(
-        Some(USER),
-        &node,
-        &format!(
-            "mkdir -p ~/{folder}/results && echo \"written on $(hostname) in job {job}\" > ~/{folder}/{hello} && \
-             printf '# notes\\n' > ~/{folder}/notes.md"
-        ),
-    );
-
-    // Chromium on the laptop, as alice, through the SOCKS port of the client's ssh -D.
-    let script = format!("workbench-{tag}.mjs");
-    let shot_name = format!("workbench-{tag}.png");
-    std::fs::write(laptop_home.join(&script), WORKBENCH_SCRIPT).expect("write the workbench script");
-    let typed = format!("typed in Chromium on the laptop, saved in job {job}");
-    let url = format!("http://127.0.0.1:{}/?folder=/home/{USER}/{folder}", session.relay_port);
-    let shot_on_laptop = format!("/home/{USER}/{shot_name}");
-    let socks = socks_port.to_string();
-    say(&format!("Chromium opens {url} through socks5://127.0.0.1:{socks_port}"));
-    let browsed = Instant::now();
-    let mut browser = lab.spawn(
-        Some(USER),
-        "laptop",
-        &[
-            "node",
-            &script,
-            "--playwright",
-            PLAYWRIGHT_DIR,
-            "--url",
-            &url,
-            "--socks",
-            &socks,
-            "--expect",
-            &hello,
-            "--expect",
-            "notes.md",
-            "--expect",
-            "results",
-            "--edit",
-            "notes.md",
-            "--text",
-            &typed,
-            "--command",
-            COMMAND,
-            "--screenshot",
-            &shot_on_laptop,
-        ],
-    );
-    let observed = run_browser(&mut browser);
-    let status = browser.wait(Duration::from_secs(30));
-
-    // The picture first, whatever happened: it shows where things stopped.
-    let shot = artifacts_dir().join("workbench.png");
-    let _ = std::fs::remove_file(&shot);
-    let shot_taken = std::fs::copy(laptop_home.join(&shot_name), &shot).is_ok();
-    let _ = std::fs::remove_file(laptop_home.join(&shot_name));
-    let _ = std::fs::remove_file(laptop_home.join(&script));
-    assert!(
-        observed.has("done") && status.is_some_and(|s| s.success()),
-        "the browser run failed ({status:?}); screenshot: {}\n{}\nclient:\n{}",
-        if shot_taken { shot.display().to_string() } else { "none".to_owned() },
-        dump(&browser),
-        dump(&session.client)
-    );
-    say(&format!("the browser run took {:.1?}", browsed.elapsed()));
-
-    // (a) The explorer listed what was made on the node.
-    let listed = observed.values("explorer");
-    say(&format!("the explorer lists {}", listed.join(", ")));
-    for name in [hello.as_str(), "notes.md", "results"] {
-        assert!(listed.contains(&name), "the explorer does not list {name}: {listed:?}");
-    }
-
-    // (b) The integrated terminal ran in the job, on the node.
-    let terminal = observed.values("terminal");
-    let at = terminal
-        .iter()
-        .position(|l| l.ends_with(COMMAND))
-        .unwrap_or_else(|| panic!("the command is not in the terminal: {terminal:?}"));
-    let output: Vec<&str> = terminal[at + 1..].iter().take(2).copied().collect();
-    say(&format!("the terminal says `{}` after `{COMMAND}`", output.join(" / ")));
-    assert_eq!(output, [node.as_str(), job.to_string().as_str()], "terminal rows: {terminal:?}");
-
-    // (c) Ctrl+S saved the typed text on the node.
-    assert_eq!(observed.values("saved"), ["notes.md"]);
-    let content = wait_until(
-        "the saved file on the node",
-        Duration::from_secs(10),
-        || lab.sh(Some(USER), &node, &format!("cat ~/{folder}/notes.md")),
-        |out| stdout_of(out) == format!("# notes\n{typed}"),
-    );
-    say(&format!("notes.md on {node} now reads {:?}", stdout_of(&content)));
-
-    // (d) The screenshot is a PNG of some substance.
-    assert!(shot_taken, "no screenshot was copied from the laptop");
-    let png = std::fs::read(&shot).expect("read the screenshot");
-    assert!(
-        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 20_000,
-        "not a real screenshot: {}",
-        shot.display()
-    );
-    say(&format!("screenshot: {}", shot.display()));
-
-    // (e) The browser is gone from the laptop, and closing ssh ends the job and everything in it.
-    wait_until(
-        "Chromium to be gone from the laptop",
-        Duration::from_secs(10),
-        || lab.sh_ok(None, "laptop", &format!("pgrep -u {USER} -a chromium || true")),
-        |ps| ps.trim().is_empty(),
-    );
+    let url = format!("http://127.0.0.1:{}/", session.relay_port);
+    let workbench = Workbench {
+        node: &node,
+        job,
+        base_url: &url,
+        socks_port: Some(socks_port),
+        password_file: None,
+        folder: &folder,
+        artifact: "workbench.png",
+    };
+    drive_workbench(&lab, workbench, || dump(&session.client));
     let (took, client) = session.close();
     assert!(took < Duration::from_secs(20), "closing took {took:?}\n{}", dump(&client));
     assert_nothing_left(&lab, USER, job, Duration::from_secs(20));
@@ -293,4 +335,100 @@ fn vscode_workbench_in_chromium_runs_in_the_job_and_leaves_nothing() {
     );
     lab.sh_ok(Some(USER), "c1", &format!("rm -rf ~/{folder}"));
     say(&format!("closed in {took:.1?}: job {job} ended, nothing of it left on login, c1 or c2"));
+}
+
+/// The same workbench through a ProxyCommand host (`vscode-shim setup --proxy`), the way a
+/// user of any SSH client reaches a server of their own in the job: one ssh connection with
+/// `-D` runs code-server on the node's loopback, and Chromium reaches it through that SOCKS
+/// port and the job's sshd. Such a server is the user's to protect (the proxy kind moves no
+/// bind): this one asks for a password, so bob on the same node gets its login page only.
+#[test]
+fn vscode_workbench_in_chromium_through_the_proxy_host() {
+    require_browser_deps();
+    let lab = Lab::get();
+    write_user_settings(&lab);
+    let tag = std::process::id();
+    let host = ProxyHost::install(&lab, USER, "alice-browser", "browser");
+    // The password reaches code-server through a file in the 0700 home and its environment,
+    // never a command line another user of the node could read.
+    let password = format!("pw-{tag}-{}", std::time::SystemTime::now().elapsed().map_or(0, |d| d.as_nanos()));
+    let password_file = format!(".code-server-password-{tag}");
+    lab.sh_ok(Some(USER), "c1", &format!("umask 077; printf %s {password} > ~/{password_file}"));
+    lab.sh_ok(Some(USER), "laptop", &format!("umask 077; printf %s {password} > ~/{password_file}"));
+    let socks_port = 47020;
+    // The ssh's pid first, so that the test ends it (and only it) by pid.
+    let script = format!(
+        "ssh -o BatchMode=yes -o ExitOnForwardFailure=yes -D 127.0.0.1:{socks_port} {name} \
+           'echo job $SLURM_JOB_ID $(hostname); PASSWORD=$(cat ~/{password_file}) exec {CODE_SERVER} \
+            --bind-addr 127.0.0.1:0 --auth password --disable-telemetry --disable-update-check \
+            --ignore-last-opened --config ~/.vscode-server/code-server-data/config.yaml \
+            --user-data-dir ~/.vscode-server/code-server-data/user \
+            --extensions-dir ~/.vscode-server/code-server-data/extensions 2>&1' </dev/null &\n\
+         echo ssh $!\n\
+         wait $!",
+        name = host.name
+    );
+    let mut session = lab.spawn(Some(USER), "laptop", &["bash", "-c", &script]);
+    let ssh_pid = session.expect_line("the ssh's pid", Duration::from_secs(10), |l| l.starts_with("ssh "));
+    let ssh = EndOnDrop { lab: &lab, pid: ssh_pid.trim_start_matches("ssh ").to_owned() };
+    let line = session.expect_line("the job", Duration::from_secs(60), |l| l.starts_with("job "));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (job, node): (u32, String) = (words[1].parse().expect("a job id"), words[2].to_owned());
+    let listening = session.expect_line("code-server's port", Duration::from_secs(90), |l| {
+        l.contains("HTTP server listening on http://127.0.0.1:")
+    });
+    let port: u16 = listening
+        .split("http://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {listening}"));
+    say(&format!(
+        "code-server in job {job} on {node} at 127.0.0.1:{port}, through socks5://127.0.0.1:{socks_port}"
+    ));
+
+    // Bob, on the node, reaches the port but not the workbench: a login page.
+    let bob = lab.sh_ok(
+        Some("bob"),
+        &node,
+        &format!(
+            "python3 -c \"import http.client as h; c=h.HTTPConnection('127.0.0.1',{port}); c.request('GET','/'); \
+             r=c.getresponse(); print(r.status, r.getheader('Location'))\""
+        ),
+    );
+    assert!(bob.starts_with("302 ") && bob.contains("login"), "bob got past code-server's login: {bob}");
+
+    let url = format!("http://127.0.0.1:{port}/");
+    let password_arg = format!("/home/{USER}/{password_file}");
+    let folder = format!("workbench-{tag}");
+    let workbench = Workbench {
+        node: &node,
+        job,
+        base_url: &url,
+        socks_port: Some(socks_port),
+        password_file: Some(&password_arg),
+        folder: &folder,
+        artifact: "workbench-proxy.png",
+    };
+    drive_workbench(&lab, workbench, || dump(&session));
+
+    drop(ssh);
+    assert!(session.wait(Duration::from_secs(30)).is_some(), "the SOCKS ssh did not end");
+    assert_nothing_left(&lab, USER, job, Duration::from_secs(30));
+    lab.sh_ok(Some(USER), "c1", &format!("rm -rf ~/workbench-{tag} ~/{password_file}"));
+    lab.sh_ok(Some(USER), "laptop", &format!("rm -f ~/{password_file}"));
+    say(&format!("job {job} ended with the last connection, nothing of it left"));
+}
+
+/// Ends the laptop's ssh (by pid, as the user) however the test ends, so that a failed run
+/// leaves no connection holding the job.
+struct EndOnDrop<'a> {
+    lab: &'a Lab,
+    pid: String,
+}
+
+impl Drop for EndOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.lab.sh(Some(USER), "laptop", &format!("kill {} 2>/dev/null", self.pid));
+    }
 }

@@ -10,66 +10,12 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
+use vscode_slurm_tests::proxy::ProxyHost;
 use vscode_slurm_tests::session::assert_nothing_left;
-use vscode_slurm_tests::{stderr_of, stdout_of, wait_until, Lab, LineProcess, RestoreFile};
+use vscode_slurm_tests::{stderr_of, stdout_of, wait_until, Lab, LineProcess};
 
 const START: Duration = Duration::from_secs(60);
 const END: Duration = Duration::from_secs(60);
-
-/// The laptop's ssh set up for `user` as `setup --proxy` says, with the
-/// lab's files put back when dropped.
-struct ProxyHost {
-    name: String,
-    block: String,
-    known_line: String,
-    _config: RestoreFile,
-    _known_hosts: RestoreFile,
-}
-
-impl ProxyHost {
-    /// `setup --proxy` runs on the login node (it reads the job host key
-    /// from the cluster's home, making it on first use); its Host block and
-    /// known_hosts line go into the laptop's files, as the user would copy
-    /// them. Linger 0, so that the last connection ends the job at once.
-    fn install(lab: &Lab, user: &str, name: &str, profile: &str) -> ProxyHost {
-        let printed = lab.sh_ok(
-            Some(user),
-            "login",
-            &format!(
-                "vscode-shim setup --proxy --login login --user {user} --name {name} \
-                 --identity-file '~/.ssh/id_ed25519' --profile {profile} -- --time=10"
-            ),
-        );
-        let start = printed.find("\nHost ").expect("a Host block in setup --proxy's output") + 1;
-        let block = &printed[start..];
-        let block = block[..block.find("\n\n").expect("a blank line after the block") + 1].to_owned();
-        assert!(block.contains("    ProxyCommand ssh -T -l "), "{block}");
-        let block = block.replace(" vscode-shim proxy ", " vscode-shim proxy --linger 0 ");
-        let alias = "vscode-slurm-job.login ";
-        let known_line = printed
-            .lines()
-            .find(|l| l.starts_with(alias))
-            .expect("a known_hosts line in setup's output")
-            .to_owned();
-        let public =
-            fs::read_to_string(lab.dir.join(format!("home/{user}/.ssh/vscode-slurm-job-host-key.pub")))
-                .expect("setup --proxy made the job host key in the cluster home");
-        assert!(known_line.ends_with(public.split_whitespace().nth(1).unwrap()), "{known_line} vs {public}");
-
-        let ssh_dir = lab.dir.join(format!("laptop-home/{user}/.ssh"));
-        let config = RestoreFile::new(ssh_dir.join("config"));
-        let known_hosts = RestoreFile::new(ssh_dir.join("known_hosts"));
-        let mut text = fs::read_to_string(ssh_dir.join("config")).unwrap();
-        text.push('\n');
-        text.push_str(&block);
-        fs::write(ssh_dir.join("config"), text).unwrap();
-        let mut known = fs::read_to_string(ssh_dir.join("known_hosts")).unwrap();
-        known.push_str(&known_line);
-        known.push('\n');
-        fs::write(ssh_dir.join("known_hosts"), known).unwrap();
-        ProxyHost { name: name.to_owned(), block, known_line, _config: config, _known_hosts: known_hosts }
-    }
-}
 
 /// `ssh [ARGS] HOST COMMAND` on the laptop as `user`; StrictHostKeyChecking
 /// stays on (BatchMode: a prompt would be a failure).
@@ -224,33 +170,54 @@ fn every_ssh_client_reaches_the_job_through_the_proxy_host() {
 
 /// `ssh -X` into the job with an X server on the laptop (Xvfb): an X client
 /// in the job reaches it through the job's sshd (X11 forwarding, xauth on
-/// the node).
+/// the node). The forwarded display is a door on the node's loopback: bob,
+/// on the same node, gets nothing through it.
 #[test]
-fn ssh_x_into_the_job_reaches_the_laptops_x_server() {
+fn ssh_x_into_the_job_reaches_the_laptops_x_server_and_no_one_else_does() {
     let lab = Lab::get();
     let alice = ProxyHost::install(&lab, "alice", "alice-x11", "x11");
     // Xvfb says its display once it accepts clients (-displayfd); it is
-    // ended by pid in the same script, however ssh ends.
+    // ended by pid in the same script, however ssh ends. The session stays
+    // open (`cat`) until the test closes its stdin.
     let script = format!(
         "coproc X {{ exec Xvfb :7 -nolisten tcp -displayfd 1 2>/dev/null; }}\n\
-         read -t 30 -r display <&\"${{X[0]}}\" || {{ echo 'Xvfb did not start' >&2; exit 97; }}\n\
+         read -t 30 -r display <&\"${{X[0]}}\" || {{ echo 'Xvfb did not start'; exit 97; }}\n\
          DISPLAY=:$display ssh -o BatchMode=yes -X {} \
-           'echo $DISPLAY $SLURM_JOB_ID; xdpyinfo | grep -m1 \"vendor string\"'\n\
+           'echo display $DISPLAY $SLURM_JOB_ID $(hostname); xdpyinfo | grep -m1 \"vendor string\"; exec cat'\n\
          rc=$?; kill $X_PID; wait $X_PID 2>/dev/null; exit $rc",
         alice.name
     );
-    let out = lab.sh(Some("alice"), "laptop", &script);
-    let text = stdout_of(&out);
-    assert!(out.status.success(), "ssh -X failed ({}): {}\n{text}", out.status, stderr_of(&out));
-    let mut lines = text.lines();
-    let first = lines.next().unwrap_or_default();
-    let job: u32 = first
-        .split_whitespace()
-        .nth(1)
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("no job id in {text:?}"));
-    assert!(first.starts_with("localhost:1"), "DISPLAY in the job is sshd's forwarded one: {first}");
-    assert_eq!(lines.next().unwrap_or_default().trim(), "vendor string:    The X.Org Foundation", "{text}");
+    let mut session = lab.spawn(Some("alice"), "laptop", &["bash", "-c", &script]);
+    let line = session
+        .expect_line("the job's DISPLAY", START, |l| l.starts_with("display ") || l.starts_with("Xvfb"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words.len(), 4, "display, job and node from the job: {line}");
+    let (display, node) = (words[1].to_owned(), words[3].to_owned());
+    let job: u32 = words[2].parse().unwrap_or_else(|_| panic!("no job id in {line}"));
+    assert!(display.starts_with("localhost:1"), "DISPLAY in the job is sshd's forwarded one: {display}");
+    let vendor =
+        session.expect_line("xdpyinfo through the forwarding", START, |l| l.contains("vendor string"));
+    assert_eq!(vendor.trim(), "vendor string:    The X.Org Foundation");
+
+    // The forwarded display listens on the node's loopback only...
+    let port =
+        6000 + display.trim_start_matches("localhost:").split('.').next().unwrap().parse::<u16>().unwrap();
+    let listeners = lab.sh_ok(None, &node, &format!("ss -Hltn 'sport = :{port}'"));
+    assert!(!listeners.trim().is_empty(), "no X11 listener on {node}:{port}");
+    for line in listeners.lines() {
+        assert!(
+            line.contains("127.0.0.1:") || line.contains("[::1]:"),
+            "X11 listener not on loopback: {line}"
+        );
+    }
+    // ...and bob, on that node, without alice's cookie, is turned away.
+    let bob = lab.sh(Some("bob"), &node, &format!("xdpyinfo -display {display}"));
+    assert!(!bob.status.success(), "bob reached alice's X server: {}", stdout_of(&bob));
+    assert!(stdout_of(&bob).is_empty(), "bob got an answer: {}", stdout_of(&bob));
+    assert!(stderr_of(&bob).contains("unable to open display"), "{}", stderr_of(&bob));
+
+    session.close_stdin();
+    assert!(session.wait(END).is_some_and(|s| s.success()), "the X11 session did not end cleanly");
     assert_nothing_left(&lab, "alice", job, END);
 }
 
