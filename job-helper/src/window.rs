@@ -282,8 +282,10 @@ async fn pump_stdout(
             }),
             notice = notices.recv(), if notices_open => {
                 match notice {
-                    // After the script's end the stream is the server's own: nothing goes in.
-                    Some(text) if at_line_start && !scanner.script_ended() => {
+                    // Also after the script's end, when the stream may be the
+                    // server's own: the shim takes the line out again, so the bytes
+                    // VS Code reads are the server's, untouched.
+                    Some(text) if at_line_start => {
                         let message = ControlMessage::Notice(text);
                         to.write_all(&protocol::encode(&announcer.session.nonce, &message)).await?;
                         to.flush().await?;
