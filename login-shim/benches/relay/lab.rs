@@ -42,7 +42,7 @@ use crate::report::{Footprint, PathReport, SetupRun};
 use crate::work::Route;
 use crate::{Config, Runner, Way};
 
-const USER: &str = "alice";
+pub const USER: &str = "alice";
 const OPEN_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn now_secs() -> f64 {
@@ -50,10 +50,10 @@ fn now_secs() -> f64 {
 }
 
 /// Runs the `client` role of this binary on a lab host as the user.
-struct LabRunner<'a> {
-    lab: &'a Lab,
-    host: &'static str,
-    exe: String,
+pub struct LabRunner<'a> {
+    pub lab: &'a Lab,
+    pub host: &'static str,
+    pub exe: String,
 }
 
 impl LabRunner<'_> {
@@ -283,7 +283,7 @@ fn close(mut client: LineProcess, lab: &Lab) {
 }
 
 /// A lab host's address on the cluster network, from the lab's hosts file.
-fn host_ip(lab: &Lab, host: &str) -> Result<IpAddr, String> {
+pub fn host_ip(lab: &Lab, host: &str) -> Result<IpAddr, String> {
     let hosts = lab.read("etc/hosts");
     hosts
         .lines()
@@ -322,7 +322,7 @@ fn end(mut process: LineProcess, what: &str) {
     }
 }
 
-pub fn run(cfg: &Config) -> Result<(Vec<PathReport>, Vec<SetupRun>), String> {
+pub fn run(cfg: &Config) -> Result<(Vec<PathReport>, Vec<SetupRun>, crate::proxy::ProxyReport), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let exe = exe.to_str().ok_or("the benchmark's path is not UTF-8")?.to_owned();
     let lab_dir = std::env::var("VSCODE_SLURM_LAB").unwrap_or_else(|_| "/var/tmp/vscode-slurm-lab".into());
@@ -456,12 +456,15 @@ pub fn run(cfg: &Config) -> Result<(Vec<PathReport>, Vec<SetupRun>), String> {
     end(door_process, "door");
     end(server_process, "server");
 
+    eprintln!("lab: the proxy host kind against ssh straight to the login node");
+    let proxy = crate::proxy::run(cfg, &lab, &exe)?;
+
     let mut setup = Vec::new();
     for i in 0..cfg.setup_runs {
         eprintln!("lab: session set-up {}/{}", i + 1, cfg.setup_runs);
         setup.push(setup_run(&lab, &files)?);
     }
-    Ok((paths, setup))
+    Ok((paths, setup, proxy))
 }
 
 /// One stock session (legacy launch script, test server) with timestamps:

@@ -17,6 +17,7 @@
 
 mod lab;
 mod procs;
+mod proxy;
 mod report;
 mod work;
 
@@ -359,9 +360,10 @@ fn orchestrate(args: &[String]) {
     }
     if with_lab {
         match lab::run(&cfg) {
-            Ok((paths, setup)) => {
+            Ok((paths, setup, proxy)) => {
                 report.paths.extend(paths);
                 report.setup = setup;
+                report.proxy = Some(proxy);
             }
             Err(e) => report.lab_error = Some(e),
         }

@@ -92,7 +92,7 @@ pub struct Measured {
     pub errors: Vec<String>,
 }
 
-fn median(values: &[f64]) -> Option<f64> {
+pub fn median(values: &[f64]) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
@@ -102,7 +102,7 @@ fn median(values: &[f64]) -> Option<f64> {
     Some(if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 })
 }
 
-fn percentile(samples: &[u64], p: f64) -> Option<f64> {
+pub fn percentile(samples: &[u64], p: f64) -> Option<f64> {
     if samples.is_empty() {
         return None;
     }
@@ -202,6 +202,8 @@ pub struct Report {
     pub paths: Vec<PathReport>,
     pub setup: Vec<SetupRun>,
     pub lab_error: Option<String>,
+    /// The proxy host kind against ssh straight to the login node (lab only).
+    pub proxy: Option<crate::proxy::ProxyReport>,
     pub started: SystemTime,
     pub cores: usize,
     /// Load averages (1, 5, 15 minutes) when the run started and ended: the
@@ -230,6 +232,7 @@ impl Report {
             paths: vec![],
             setup: vec![],
             lab_error: None,
+            proxy: None,
             started: SystemTime::now(),
             cores: crate::procs::cores(),
             load_before: crate::procs::load_average(),
@@ -390,6 +393,9 @@ impl Report {
                 writeln!(t, "| of which the test server's own start | {:.0} |", med(|r| r.server_start_ms));
             let _ =
                 writeln!(t, "| **set-up overhead** (the difference) | **{:.0}** |", med(|r| r.overhead_ms));
+        }
+        if let Some(proxy) = &self.proxy {
+            t.push_str(&proxy.table());
         }
         if let Some(e) = &self.lab_error {
             let _ = writeln!(t, "\nlab: {e}");
@@ -664,7 +670,8 @@ impl Report {
         }
         let _ = write!(
             j,
-            "\n  ],\n  \"lab_error\": {}\n}}\n",
+            "\n  ],\n  \"proxy\": {},\n  \"lab_error\": {}\n}}\n",
+            self.proxy.as_ref().map_or_else(|| "null".to_owned(), |p| p.json()),
             self.lab_error.as_ref().map_or_else(|| "null".to_owned(), |e| json_string(e))
         );
         j
