@@ -181,7 +181,13 @@ pub fn host_block(args: &SetupArgs) -> String {
     if let Some(identity) = &args.identity_file {
         block.push_str(&format!("    IdentityFile {identity}\n"));
     }
-    let mut command = String::from("vscode-shim");
+    block.push_str(&format!("    RemoteCommand {}\n", shim_command("vscode-shim".to_owned(), args)));
+    block
+}
+
+/// `COMMAND [--profile P] -- ARGS`, each word quoted for the login node's
+/// shell and for ssh's `%` tokens.
+fn shim_command(mut command: String, args: &SetupArgs) -> String {
     if let Some(profile) = &args.profile {
         command.push_str(&format!(" --profile {}", remote_command_word(profile)));
     }
@@ -190,8 +196,7 @@ pub fn host_block(args: &SetupArgs) -> String {
         command.push(' ');
         command.push_str(&remote_command_word(arg));
     }
-    block.push_str(&format!("    RemoteCommand {command}\n"));
-    block
+    command
 }
 
 /// `--proxy`: the Host entry and the known_hosts line, printed, and with
@@ -300,15 +305,7 @@ pub fn proxy_block(args: &SetupArgs) -> String {
         ));
         login.push_str(&format!(" -i {identity}"));
     }
-    let mut command = format!("{login} {} vscode-shim proxy", args.login);
-    if let Some(profile) = &args.profile {
-        command.push_str(&format!(" --profile {}", remote_command_word(profile)));
-    }
-    command.push_str(" --");
-    for arg in &args.salloc_args {
-        command.push(' ');
-        command.push_str(&remote_command_word(arg));
-    }
+    let command = shim_command(format!("{login} {} vscode-shim proxy", args.login), args);
     block.push_str(&format!(
         "    ProxyCommand {command}
 "

@@ -114,13 +114,7 @@ fn sbatch_and_scancel_work_and_the_epilog_runs_for_every_job() {
         wait_until(
             &format!("epilog lines for job {job} on {nodes} node(s)"),
             Duration::from_secs(30),
-            || {
-                lab.read("log/epilog.log")
-                    .lines()
-                    .filter(|l| l.contains(&format!(" job={job} ")))
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            },
+            || epilog_lines(&lab, job),
             |lines| lines.len() == nodes,
         );
     }
@@ -152,13 +146,7 @@ fn the_epilog_sees_spank_vscode_for_vscode_jobs_only() {
         let lines = wait_until(
             &format!("the epilog line of job {job} (sbatch {args})"),
             Duration::from_secs(30),
-            || {
-                lab.read("log/epilog.log")
-                    .lines()
-                    .filter(|l| l.contains(&format!(" job={job} ")))
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            },
+            || epilog_lines(&lab, job),
             |lines| !lines.is_empty(),
         );
         assert!(lines[0].ends_with(&format!(" {wanted}")), "sbatch {args}: {lines:?}");
@@ -196,4 +184,13 @@ fn every_cluster_host_runs_the_release_under_test_from_its_suite() {
         codename(&machine),
         "the laptop's root"
     );
+}
+
+/// The epilog's lines about `job` so far.
+fn epilog_lines(lab: &Lab, job: u32) -> Vec<String> {
+    lab.read("log/epilog.log")
+        .lines()
+        .filter(|l| l.contains(&format!(" job={job} ")))
+        .map(str::to_owned)
+        .collect()
 }
