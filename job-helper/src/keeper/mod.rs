@@ -275,12 +275,14 @@ async fn publish_attachment(job_id: String, slurm: Slurm, mut attachment: watch:
 async fn warn_before_limit(job: Rc<Job>, options: KeepOptions, notices: broadcast::Sender<String>) {
     let mut pending = options.warn_before.clone();
     pending.sort_unstable_by(|a, b| b.cmp(a));
+    let mut at_start = true;
     while !pending.is_empty() {
         let Some(left) = time_left(&options.slurm, &job.id).await else {
             tracing::info!("job {}: no time limit known; no warnings", job.id);
             return;
         };
-        pending.retain(|&before| before < left + LIMIT_SLACK);
+        keep_warnings_ahead(&mut pending, left, at_start);
+        at_start = false;
         let Some(&next) = pending.first() else { return };
         let at = Instant::now() + left.saturating_sub(next);
         tokio::time::sleep_until(at).await;
@@ -298,6 +300,19 @@ async fn warn_before_limit(job: Rc<Job>, options: KeepOptions, notices: broadcas
         let reached = terminals::write_banner(&job.id, job.uid, &format!("vscode-slurm: {text}"));
         tracing::info!("the warning reached {reached} terminal(s)");
         let _ = notices.send(text);
+    }
+}
+
+/// Drops the warnings whose moment has passed. At the job's start, a
+/// warning as long as the whole limit (`--time=10` with a 10-minute warning)
+/// would only tell the user what they just asked for, so it goes too; later,
+/// one that comes due a few seconds early (a limit moved, a slow controller)
+/// is still given.
+fn keep_warnings_ahead(pending: &mut Vec<Duration>, left: Duration, at_start: bool) {
+    if at_start {
+        pending.retain(|&before| before + LIMIT_SLACK < left);
+    } else {
+        pending.retain(|&before| before < left + LIMIT_SLACK);
     }
 }
 
@@ -338,6 +353,21 @@ async fn time_left(slurm: &Slurm, job_id: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_warning_as_long_as_the_whole_limit_is_not_given_at_the_start() {
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        let mut pending = vec![minutes(10), minutes(2)];
+        keep_warnings_ahead(&mut pending, minutes(10) - Duration::from_secs(2), true);
+        assert_eq!(pending, [minutes(2)], "--time=10 with 10m,2m: only the 2-minute warning");
+        let mut pending = vec![minutes(10), minutes(2)];
+        keep_warnings_ahead(&mut pending, minutes(12), true);
+        assert_eq!(pending, [minutes(10), minutes(2)]);
+        // Later, a warning due a moment ago is still given.
+        let mut pending = vec![minutes(2)];
+        keep_warnings_ahead(&mut pending, minutes(2) - Duration::from_secs(3), false);
+        assert_eq!(pending, [minutes(2)]);
+    }
 
     #[test]
     fn time_left_forms() {
