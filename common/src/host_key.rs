@@ -19,13 +19,34 @@ pub fn public_path(private: &Path) -> PathBuf {
 }
 
 /// Makes sure the key at `private` exists and is the user's alone; returns
-/// its public half as `TYPE BASE64` (what a `known_hosts` line takes).
+/// its public half as `TYPE BASE64` (what a `known_hosts` line takes),
+/// always derived from the private half (a stale `.pub` next to it is
+/// replaced, never believed), so what `setup --proxy` shows is what sshd
+/// presents.
 pub fn ensure(private: &Path, comment: &str) -> Result<String, String> {
     if fs::symlink_metadata(private).is_err() {
         make(private, comment)?;
     }
     check_private(private)?;
-    public_line(private)
+    let line = public_line(private)?;
+    refresh_public_file(private, &line, comment);
+    Ok(line)
+}
+
+/// Rewrites the `.pub` file when it does not hold `line`, for the user who
+/// looks at it; failing to is not an error (nothing reads it back).
+fn refresh_public_file(private: &Path, line: &str, comment: &str) {
+    let public = public_path(private);
+    let current = fs::read_to_string(&public).unwrap_or_default();
+    if current.split_whitespace().take(2).collect::<Vec<_>>().join(" ") == line {
+        return;
+    }
+    let mut temp = public.as_os_str().to_owned();
+    temp.push(format!(".new-{}", std::process::id()));
+    let temp = PathBuf::from(temp);
+    if fs::write(&temp, format!("{line} {comment}\n")).and_then(|()| fs::rename(&temp, &public)).is_err() {
+        let _ = fs::remove_file(&temp);
+    }
 }
 
 fn make(private: &Path, comment: &str) -> Result<(), String> {
@@ -68,11 +89,8 @@ fn make(private: &Path, comment: &str) -> Result<(), String> {
             said.trim()
         ));
     }
-    // The public half first: once the private half is in place, readers
-    // expect its public half next to it.
-    let placed = fs::hard_link(public_path(&temp), public_path(private))
-        .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
-        .and_then(|()| fs::hard_link(&temp, private));
+    // The private half decides; its public half is derived from it.
+    let placed = fs::hard_link(&temp, private);
     let _ = fs::remove_file(&temp);
     let _ = fs::remove_file(public_path(&temp));
     match placed {
@@ -90,7 +108,8 @@ fn check_private(private: &Path) -> Result<(), String> {
     let uid = nix_uid();
     if !meta.file_type().is_file() || meta.uid() != uid {
         return Err(format!(
-            "the job host key {} is not a file of yours; remove it and run vscode-shim setup --proxy again",
+            "the job host key {} is not a file of yours; remove it and its .pub file, then run vscode-shim \
+             setup --proxy again",
             private.display()
         ));
     }
@@ -104,35 +123,27 @@ fn check_private(private: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The public half, from the private one (`ssh-keygen -y`).
 fn public_line(private: &Path) -> Result<String, String> {
-    let public = public_path(private);
-    let text = match fs::read_to_string(&public) {
-        Ok(text) => text,
-        // Lost (or never linked by an interrupted run): derive it again.
-        Err(_) => {
-            let derived = Command::new("ssh-keygen")
-                .arg("-y")
-                .arg("-f")
-                .arg(private)
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| format!("cannot run ssh-keygen to read the job host key: {e}"))?;
-            if !derived.status.success() {
-                return Err(format!(
-                    "ssh-keygen cannot read the job host key {}: {}",
-                    private.display(),
-                    String::from_utf8_lossy(&derived.stderr).trim()
-                ));
-            }
-            String::from_utf8_lossy(&derived.stdout).into_owned()
-        }
-    };
+    let derived = Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(private)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run ssh-keygen to read the job host key: {e}"))?;
+    let text = String::from_utf8_lossy(&derived.stdout);
     let mut words = text.split_whitespace();
-    match (words.next(), words.next()) {
-        (Some(kind), Some(key)) if kind.starts_with("ssh-") || kind.starts_with("ecdsa-") => {
+    match (derived.status.success(), words.next(), words.next()) {
+        (true, Some(kind), Some(key)) if kind.starts_with("ssh-") || kind.starts_with("ecdsa-") => {
             Ok(format!("{kind} {key}"))
         }
-        _ => Err(format!("{} is not an ssh public key; remove it and its private half", public.display())),
+        _ => Err(format!(
+            "ssh-keygen cannot read the job host key {} ({}); remove it and its .pub file, then run \
+             vscode-shim setup --proxy again",
+            private.display(),
+            String::from_utf8_lossy(&derived.stderr).trim()
+        )),
     }
 }
 
@@ -165,9 +176,15 @@ mod tests {
         assert_eq!(fs::metadata(&key).unwrap().mode() & 0o777, 0o600);
         assert_eq!(fs::metadata(dir.join(".ssh")).unwrap().mode() & 0o777, 0o700);
         assert_eq!(ensure(&key, "test").unwrap(), first);
-        // A lost public half is derived again.
+        // A lost public half is derived again, and a stale one (a private
+        // half removed alone, then made anew) is never believed.
         fs::remove_file(public_path(&key)).unwrap();
         assert_eq!(ensure(&key, "test").unwrap(), first);
+        assert!(fs::read_to_string(public_path(&key)).unwrap().starts_with(&first));
+        fs::remove_file(&key).unwrap();
+        let second = ensure(&key, "test").unwrap();
+        assert_ne!(second, first, "a new private half");
+        assert!(fs::read_to_string(public_path(&key)).unwrap().starts_with(&second), "the .pub follows it");
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(ensure(&key, "test").unwrap_err().contains("chmod 600"));
 

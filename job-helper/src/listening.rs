@@ -145,7 +145,11 @@ impl ListeningScanner {
         let text = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
         if !self.line_too_long {
-            if let Some(id) = text.strip_suffix(b": start").filter(|id| is_script_id(id)) {
+            // The first start marker is the script's: a later `x: start`
+            // line is output that must not move the end.
+            if let Some(id) =
+                text.strip_suffix(b": start").filter(|id| is_script_id(id) && self.script_id.is_none())
+            {
                 self.script_id = Some(id.to_vec());
             } else if self.script_id.as_deref().is_some_and(|id| text.strip_suffix(b": end") == Some(id)) {
                 self.script_ended = true;
@@ -473,6 +477,7 @@ mod tests {
         for stream in [
             "x1: start\ny2: end\nlisteningOn==5==\n",
             "x1: end\nlisteningOn==5==\n",
+            "x1: start\ny2: start\ny2: end\nlisteningOn==5==\n",
             &format!("x1: start\n{}x1: end\nlisteningOn==5==\n", "y".repeat(200)),
         ] {
             let out = run(&[stream.as_bytes()]);

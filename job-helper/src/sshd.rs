@@ -175,13 +175,17 @@ fn prepare(window: &Window, options: &Options) -> Result<Prepared, String> {
             options.sshd.display()
         ));
     }
+    let allow_users = allow_users_pattern(&window.user)?;
     let host_key = window.home.join(proxy::HOST_KEY);
+    if host_key.to_str().is_none_or(|path| path.contains(['"', '\n', '\\'])) {
+        return Err(format!("the home directory {} cannot be named in sshd_config", window.home.display()));
+    }
     host_key::ensure(&host_key, proxy::HOST_KEY_COMMENT)?;
     let hostname = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let hostname = hostname.trim();
     let text = config_text(&ConfigFacts {
         host_key: &host_key,
-        user: &window.user,
+        allow_users: &allow_users,
         hostname,
         sftp: SFTP_SERVERS.iter().find(|p| Path::new(p).exists()).copied(),
         xauth: XAUTH.iter().find(|p| Path::new(p).exists()).copied(),
@@ -234,20 +238,39 @@ pub struct ConfigFacts<'a> {
     /// `NAME=VALUE` entries for sshd's `SetEnv`.
     pub job_env: &'a [String],
     pub host_key: &'a Path,
-    pub user: &'a str,
+    /// The `AllowUsers` pattern (see [`allow_users_pattern`]).
+    pub allow_users: &'a str,
     pub hostname: &'a str,
     pub sftp: Option<&'a str>,
     pub xauth: Option<&'a str>,
 }
 
-/// The whole sshd_config. Paths are quoted; the user name is a passwd
-/// entry's, which sshd compares, never interprets.
+/// `AllowUsers`' pattern for the user: sshd reads `NAME@HOST` at the last
+/// `@`, so a name with one of its own (`alice@corp.example`, from SSSD) gets
+/// `@*` after it; a name sshd would split or read otherwise is refused.
+pub fn allow_users_pattern(user: &str) -> Result<String, String> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+    let usable = !user.is_empty() && !user.starts_with(['-', '@']);
+    if usable && user.bytes().all(plain) {
+        Ok(user.to_owned())
+    } else if usable && user.bytes().all(|b| plain(b) || b == b'@') {
+        Ok(format!("{user}@*"))
+    } else {
+        Err(format!(
+            "the user name {user:?} has characters sshd's AllowUsers cannot take; proxy windows need a plain \
+             user name (letters, digits, '.', '_', '-', '@')"
+        ))
+    }
+}
+
+/// The whole sshd_config. Paths are quoted; the user pattern comes from
+/// [`allow_users_pattern`].
 pub fn config_text(facts: &ConfigFacts<'_>) -> String {
     let mut text = format!(
         "# Written by vscode-job-helper for one proxy window; see vscode-shim(1) proxy.\n\
          HostKey \"{host_key}\"\n\
          AuthorizedKeysFile .ssh/authorized_keys\n\
-         AllowUsers {user}\n\
+         AllowUsers {allow_users}\n\
          PubkeyAuthentication yes\n\
          PasswordAuthentication no\n\
          KbdInteractiveAuthentication no\n\
@@ -268,7 +291,7 @@ pub fn config_text(facts: &ConfigFacts<'_>) -> String {
          AllowStreamLocalForwarding no\n\
          X11UseLocalhost yes\n",
         host_key = facts.host_key.display(),
-        user = facts.user,
+        allow_users = facts.allow_users,
         permit = proxy::permit_open(facts.hostname),
     );
     match facts.xauth {
@@ -291,7 +314,7 @@ mod tests {
     fn the_config_allows_the_user_and_forwarding_to_this_node_only() {
         let text = config_text(&ConfigFacts {
             host_key: Path::new("/home/alice/.ssh/vscode-slurm-job-host-key"),
-            user: "alice",
+            allow_users: "alice",
             hostname: "c1",
             sftp: Some("/usr/lib/openssh/sftp-server"),
             xauth: None,
@@ -308,6 +331,15 @@ mod tests {
             "SetEnv SLURM_JOB_ID=7\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn user_names_become_patterns_sshd_reads_as_that_user() {
+        assert_eq!(allow_users_pattern("alice").unwrap(), "alice");
+        assert_eq!(allow_users_pattern("alice@corp.example").unwrap(), "alice@corp.example@*");
+        for bad in ["", "a b", "a*", "a?", "a,b", "-x", "a\"b"] {
+            assert!(allow_users_pattern(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -181,20 +181,21 @@ pub fn host_block(args: &SetupArgs) -> String {
     if let Some(identity) = &args.identity_file {
         block.push_str(&format!("    IdentityFile {identity}\n"));
     }
-    block.push_str(&format!("    RemoteCommand {}\n", shim_command("vscode-shim".to_owned(), args)));
+    let command = shim_command("vscode-shim".to_owned(), args, remote_command_word);
+    block.push_str(&format!("    RemoteCommand {command}\n"));
     block
 }
 
-/// `COMMAND [--profile P] -- ARGS`, each word quoted for the login node's
-/// shell and for ssh's `%` tokens.
-fn shim_command(mut command: String, args: &SetupArgs) -> String {
+/// `COMMAND [--profile P] -- ARGS`, each word quoted by `word` (for the
+/// shells it passes through, and for ssh's `%` tokens).
+fn shim_command(mut command: String, args: &SetupArgs, word: fn(&str) -> String) -> String {
     if let Some(profile) = &args.profile {
-        command.push_str(&format!(" --profile {}", remote_command_word(profile)));
+        command.push_str(&format!(" --profile {}", word(profile)));
     }
     command.push_str(" --");
     for arg in &args.salloc_args {
         command.push(' ');
-        command.push_str(&remote_command_word(arg));
+        command.push_str(&word(arg));
     }
     command
 }
@@ -202,6 +203,10 @@ fn shim_command(mut command: String, args: &SetupArgs) -> String {
 /// `--proxy`: the Host entry and the known_hosts line, printed, and with
 /// `--write` added where they are missing (never twice).
 fn run_proxy(args: &SetupArgs) -> i32 {
+    if let Err(e) = check_proxy_names(args) {
+        eprintln!("vscode-shim setup: {e}");
+        return 2;
+    }
     let Some(home) = std::env::var_os("HOME").map(PathBuf::from) else {
         eprintln!(
             "vscode-shim setup: HOME is not set, so there is no job host key to show; run it on a login node"
@@ -305,7 +310,7 @@ pub fn proxy_block(args: &SetupArgs) -> String {
         ));
         login.push_str(&format!(" -i {identity}"));
     }
-    let command = shim_command(format!("{login} {} vscode-shim proxy", args.login), args);
+    let command = shim_command(format!("{login} {} vscode-shim proxy", args.login), args, proxy_command_word);
     block.push_str(&format!(
         "    ProxyCommand {command}
 "
@@ -357,9 +362,57 @@ fn append_line(path: &std::path::Path, line: &str) -> io::Result<()> {
 /// Quotes a word for the login node's shell, and doubles `%` (ssh expands
 /// `%` tokens in RemoteCommand).
 fn remote_command_word(arg: &str) -> String {
+    shell_word(arg).replace('%', "%%")
+}
+
+/// A word of a ProxyCommand's remote command: the laptop's shell runs the
+/// ProxyCommand and takes one layer of quoting off, then the login node's
+/// shell reads what ssh passes on, so each word is quoted twice (and `%`
+/// doubled, for ssh's own expansion).
+fn proxy_command_word(arg: &str) -> String {
+    shell_word(&shell_word(arg)).replace('%', "%%")
+}
+
+/// `arg` as one word for a POSIX shell: as it is when that is safe, else
+/// single-quoted.
+fn shell_word(arg: &str) -> String {
     let safe = !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_=:,./+@%".contains(c));
-    let quoted = if safe { arg.to_owned() } else { format!("'{}'", arg.replace('\'', r"'\''")) };
-    quoted.replace('%', "%%")
+    if safe {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+/// With `--proxy`, the login node, user and key go into the ProxyCommand
+/// unquoted, as ssh's own arguments: only what such names are made of.
+fn check_proxy_names(args: &SetupArgs) -> Result<(), String> {
+    let fine = |text: &str, extra: &str| {
+        !text.is_empty()
+            && !text.starts_with('-')
+            && text.chars().all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+    };
+    if !fine(&args.login, ".-_:") {
+        return Err(format!(
+            "--login {:?} is not a host name (letters, digits, '.', '-', '_', ':')",
+            args.login
+        ));
+    }
+    if !fine(&args.user, ".-_@") {
+        return Err(format!(
+            "--user {:?} is not a user name (letters, digits, '.', '-', '_', '@')",
+            args.user
+        ));
+    }
+    if let Some(identity) = args.identity_file.as_deref().filter(|i| !fine(i, "._-/~+")) {
+        return Err(format!(
+            "--identity-file {identity:?} must be a plain path (letters, digits, '.', '_', '-', '/', '~', '+')"
+        ));
+    }
+    if let Some(profile) = &args.profile {
+        crate::profile::check_profile(profile)?;
+    }
+    Ok(())
 }
 
 /// A path for the check command: `~/` stays unquoted so the laptop's shell
@@ -450,5 +503,7 @@ mod tests {
         assert_eq!(remote_command_word("--comment=a b"), "'--comment=a b'");
         assert_eq!(remote_command_word("it's"), r"'it'\''s'");
         assert_eq!(remote_command_word("--output=%j"), "--output=%%j");
+        assert_eq!(proxy_command_word("--time=4:00:00"), "--time=4:00:00");
+        assert_eq!(proxy_command_word("a|b"), r"''\''a|b'\'''");
     }
 }

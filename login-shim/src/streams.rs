@@ -11,6 +11,11 @@ use tokio::sync::watch;
 use vscode_slurm_protocol::{ControlFilter, ControlMessage, Piece};
 
 const BUFFER: usize = 16 * 1024;
+/// How long a line start that could be a control line is held when nothing
+/// more comes: the helper writes each control line whole, so its bytes
+/// follow at once; an exec server speaking over the launch stream must not
+/// wait on the filter for the rest of its reply.
+const HELD_QUIET: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Why stdin forwarding stopped: VS Code hanging up means "end the session";
 /// the job's srun or salloc no longer reading means it is on its way out by
@@ -64,7 +69,18 @@ pub async fn forward_stdout(
     }
     let mut buf = vec![0u8; BUFFER];
     loop {
-        let n = match from_child.read(&mut buf).await {
+        let read = if filter.is_holding() {
+            match tokio::time::timeout(HELD_QUIET, from_child.read(&mut buf)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    out.write(&filter.give_up_held()).await;
+                    continue;
+                }
+            }
+        } else {
+            from_child.read(&mut buf).await
+        };
+        let n = match read {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) => {

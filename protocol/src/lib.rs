@@ -263,6 +263,19 @@ impl ControlFilter {
         self.held.len()
     }
 
+    /// Whether bytes are held back, waiting for the ones that decide.
+    pub fn is_holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Gives up on what is held when the stream goes quiet mid-line: the
+    /// helper writes a control line whole, so a line start that stays
+    /// unfinished is the stream's own bytes (an exec server speaking over
+    /// the launch stream waits for them). The rest of the line is data.
+    pub fn give_up_held(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.held)
+    }
+
     /// Releases whatever is held at end of stream: an unfinished line is data.
     pub fn finish(&mut self) -> Vec<u8> {
         self.at_line_start = true;
@@ -367,6 +380,20 @@ mod tests {
         for bad in ["", "short", "0123456789ABCDEF0123456789ABCDEF", "0123456789abcdef0123456789abcdeg"] {
             assert_eq!(Nonce::parse(bad), Err(ProtocolError::MalformedNonce), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_held_line_start_given_up_is_data_to_the_end_of_its_line() {
+        let mut filter = ControlFilter::new(nonce());
+        assert_eq!(filter.feed(b"frame\n@@vscode"), vec![Piece::Data(b"frame\n".to_vec())]);
+        assert!(filter.is_holding());
+        assert_eq!(filter.give_up_held(), b"@@vscode");
+        assert!(!filter.is_holding());
+        let rest = format!("-slurm@@ {} ready\n", nonce().as_str());
+        assert_eq!(filter.feed(rest.as_bytes()), vec![Piece::Data(rest.as_bytes().to_vec())]);
+        // The next line start is watched again.
+        let line = encode(&nonce(), &ControlMessage::Ready);
+        assert_eq!(filter.feed(&line), vec![Piece::Control(ControlMessage::Ready)]);
     }
 
     #[test]

@@ -307,3 +307,61 @@ fn proxy_write_adds_the_block_and_the_host_key_once() {
     );
     assert_eq!(stdout_of(&refused), "");
 }
+
+/// The ProxyCommand's words pass two shells: the laptop's (ssh runs the
+/// ProxyCommand with it) and the login node's (ssh passes the remote command
+/// on as one string). Arguments with shell syntax in them reach vscode-shim
+/// exactly as given; names that would need quoting as ssh's own arguments
+/// are refused.
+#[test]
+fn proxy_command_arguments_survive_both_shells() {
+    let home = TempDir::new("setup-proxy-quoting");
+    let tricky =
+        ["--constraint=intel|amd", "--comment=it's $(touch /tmp/pwned) & `id`; x", "--output=%j.log"];
+    let mut args = vec!["--proxy", "--login", "login.example", "--user", "alice", "--name", "q", "--"];
+    args.extend(tricky);
+    let out = setup(&home.0, &args);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let printed = stdout_of(&out);
+    let line = printed.lines().find_map(|l| l.trim().strip_prefix("ProxyCommand ")).expect("a ProxyCommand");
+    // ssh expands %% to % before the laptop's shell sees the command.
+    let laptop_command = line.replace("%%", "%");
+    let words = |script: &str| -> Vec<String> {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("set -- {script}; printf '%s\\0' \"$@\""))
+            .output()
+            .expect("run sh");
+        assert!(out.status.success(), "sh could not read {script:?}: {}", stderr_of(&out));
+        out.stdout
+            .split(|&b| b == 0)
+            .filter(|w| !w.is_empty())
+            .map(|w| String::from_utf8_lossy(w).into_owned())
+            .collect()
+    };
+    let on_laptop = words(&laptop_command);
+    let host =
+        on_laptop.iter().position(|w| w == "login.example").expect("the login node in the ProxyCommand");
+    assert_eq!(on_laptop[..host], ["ssh", "-T", "-l", "alice"]);
+    // ssh joins the words after the host with spaces; the login node's shell reads them.
+    let on_login = words(&on_laptop[host + 1..].join(" "));
+    let mut wanted = vec!["vscode-shim", "proxy", "--"];
+    wanted.extend(tricky);
+    assert_eq!(on_login, wanted);
+    assert!(!std::path::Path::new("/tmp/pwned").exists(), "a shell ran a word");
+
+    for (flag, bad) in
+        [("--login", "login;id"), ("--user", "al ice"), ("--identity-file", "$(id)"), ("--profile", "a|b")]
+    {
+        let mut args = vec!["--proxy", "--login", "l", "--user", "u", "--name", "n"];
+        let at = args.iter().position(|a| *a == flag);
+        match at {
+            Some(i) => args[i + 1] = bad,
+            None => args.extend([flag, bad]),
+        }
+        let out = setup(&home.0, &args);
+        assert_eq!(out.status.code(), Some(2), "{flag} {bad}: {}", stderr_of(&out));
+        assert_eq!(stderr_of(&out).lines().count(), 1, "{}", stderr_of(&out));
+        assert_eq!(stdout_of(&out), "");
+    }
+}

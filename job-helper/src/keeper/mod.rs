@@ -195,10 +195,10 @@ async fn serve_window_inner(
         return Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("refused uid {}", peer.uid())));
     }
     let fd = stream.as_raw_fd();
-    let (len, fds) = stream.async_io(Interest::READABLE, || wire::recv_header(fd)).await?;
+    let (version, len, fds) = stream.async_io(Interest::READABLE, || wire::recv_header(fd)).await?;
     let mut payload = vec![0u8; len];
     stream.read_exact(&mut payload).await?;
-    let request = wire::decode_payload(&payload)
+    let request = wire::decode_payload(version, &payload)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "a malformed spawn request"))?;
     let mut child = spawn_shell(&request, fds)?;
     let pid = child.id().unwrap_or(0);

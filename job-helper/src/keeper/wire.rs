@@ -8,12 +8,12 @@ use std::os::unix::net::UnixStream;
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use vscode_slurm_protocol::keeper::{self, encode_payload};
-pub use vscode_slurm_protocol::keeper::{decode_payload, Answer, SpawnRequest, SOCKET_NAME};
+pub use vscode_slurm_protocol::keeper::{decode_payload, Answer, SpawnRequest, Version, SOCKET_NAME};
 
 /// The helper's side: sends the request with the shell's three stream ends.
 pub fn send_spawn(socket: &mut UnixStream, request: &SpawnRequest, fds: [&OwnedFd; 3]) -> io::Result<()> {
-    let payload = encode_payload(request)?;
-    let header = keeper::header(payload.len())?;
+    let (version, payload) = encode_payload(request)?;
+    let header = keeper::header(version, payload.len())?;
     let raw: [RawFd; 3] = fds.map(AsRawFd::as_raw_fd);
     let sent = sendmsg::<()>(
         socket.as_raw_fd(),
@@ -28,9 +28,9 @@ pub fn send_spawn(socket: &mut UnixStream, request: &SpawnRequest, fds: [&OwnedF
     socket.write_all(&payload)
 }
 
-/// The keeper's side of the header: the payload length and the three
-/// descriptors, owned from here on. Called when the socket is readable.
-pub fn recv_header(fd: RawFd) -> io::Result<(usize, [OwnedFd; 3])> {
+/// The keeper's side of the header: the payload's layout and length and the
+/// three descriptors, owned from here on. Called when the socket is readable.
+pub fn recv_header(fd: RawFd) -> io::Result<(Version, usize, [OwnedFd; 3])> {
     let mut header = [0u8; keeper::HEADER_LEN];
     let mut space = nix::cmsg_space!([RawFd; 3]);
     let mut iov = [IoSliceMut::new(&mut header)];
@@ -47,14 +47,14 @@ pub fn recv_header(fd: RawFd) -> io::Result<(usize, [OwnedFd; 3])> {
     if message.flags.contains(MsgFlags::MSG_CTRUNC) {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "too many descriptors in the spawn request"));
     }
-    let len = match keeper::parse_header(&header) {
-        Some(len) if bytes == header.len() => len,
+    let (version, len) = match keeper::parse_header(&header) {
+        Some(parsed) if bytes == header.len() => parsed,
         _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "not a spawn request, or too large")),
     };
     let fds: [OwnedFd; 3] = received
         .try_into()
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a spawn request needs three descriptors"))?;
-    Ok((len, fds))
+    Ok((version, len, fds))
 }
 
 /// Reads one answer line from a blocking stream (the helper's handshake).
@@ -81,12 +81,13 @@ mod tests {
     fn descriptors_travel_with_the_header() {
         let (mut client, server) = UnixStream::pair().unwrap();
         let pipes: Vec<(OwnedFd, OwnedFd)> = (0..3).map(|_| nix::unistd::pipe().unwrap()).collect();
-        let request = SpawnRequest { program: "/bin/sh".into(), args: vec![], cwd: "/".into(), env: vec![] };
+        let request =
+            SpawnRequest { program: "/bin/sh".into(), args: vec!["-e".into()], cwd: "/".into(), env: vec![] };
         send_spawn(&mut client, &request, [&pipes[0].0, &pipes[1].1, &pipes[2].1]).unwrap();
-        let (len, fds) = recv_header(server.as_raw_fd()).unwrap();
+        let (version, len, fds) = recv_header(server.as_raw_fd()).unwrap();
         let mut payload = vec![0u8; len];
         (&server).read_exact(&mut payload).unwrap();
-        assert_eq!(decode_payload(&payload), Some(request));
+        assert_eq!(decode_payload(version, &payload), Some(request));
         // The received write end of pipe 1 really is that pipe.
         nix::unistd::write(&fds[1], b"x").unwrap();
         let mut byte = [0u8; 1];

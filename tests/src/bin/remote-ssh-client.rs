@@ -533,11 +533,16 @@ impl Session {
         }
     }
 
-    /// Stdio mode's echo: N bytes (the traps first, then random ones) down ssh's stdin, the
-    /// same N bytes back from its stdout.
+    /// Stdio mode's echo: N bytes (the traps first, then random ones, ending, when there is
+    /// room, on the start of a control line that never comes: a reply whose last bytes a
+    /// filter held back would never arrive) down ssh's stdin, the same N bytes back.
     fn stdio_echo(&mut self, n: usize) -> Result<(), String> {
+        const UNFINISHED: &[u8] = b"\n@@vscode-slurm@@ ";
         let mut data = STDIO_TRAPS[..n.min(STDIO_TRAPS.len())].to_vec();
-        data.extend(random_bytes(n - data.len()).map_err(|e| format!("cannot read random bytes: {e}"))?);
+        let tail = if n >= data.len() + UNFINISHED.len() { UNFINISHED } else { b"" };
+        let random = n - data.len() - tail.len();
+        data.extend(random_bytes(random).map_err(|e| format!("cannot read random bytes: {e}"))?);
+        data.extend_from_slice(tail);
         let stdin = self.stdin.as_mut().ok_or("ssh's stdin is closed")?;
         // The reader thread drains ssh's stdout meanwhile, so this cannot deadlock.
         stdin.write_all(&data).and_then(|()| stdin.flush()).map_err(|e| format!("writing to ssh: {e}"))?;
