@@ -43,6 +43,8 @@ use crate::work::Route;
 use crate::{Config, Runner, Way};
 
 pub const USER: &str = "alice";
+/// Where [`prepare`] puts the benchmark's binary in the user's homes.
+const BENCH_IN_HOME: &str = ".bench-relay-bin/relay";
 const OPEN_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn now_secs() -> f64 {
@@ -219,6 +221,17 @@ fn prepare(lab: &Lab) -> Result<Files, String> {
         let salloc = procs::stand_in_salloc(Path::new(&format!("{in_lab}/handoff.sock")));
         write_owned(&dir.join("salloc"), &salloc, 0o755, owner)?;
         write_owned(&laptop_home.join("bench-relay-session.sh"), SESSION_TEMPLATE, 0o644, owner)?;
+        // The benchmark's own binary runs the client and server roles on lab
+        // hosts, whose /tmp (and so a build under it) is their own: a copy in
+        // each home, at the same path on every host.
+        let exe = std::env::current_exe()?;
+        for home in [&home, &laptop_home] {
+            let copy = home.join(BENCH_IN_HOME);
+            fs::create_dir_all(copy.parent().unwrap_or(home))?;
+            fs::copy(&exe, &copy)?;
+            fs::set_permissions(&copy, fs::Permissions::from_mode(0o755))?;
+            nix::unistd::chown(&copy, Some(owner.0.into()), Some(owner.1.into())).map_err(io::Error::from)?;
+        }
         Ok(())
     })();
     result.map_err(|e| format!("preparing the lab files: {e}"))?;
@@ -323,8 +336,7 @@ fn end(mut process: LineProcess, what: &str) {
 }
 
 pub fn run(cfg: &Config) -> Result<(Vec<PathReport>, Vec<SetupRun>, crate::proxy::ProxyReport), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let exe = exe.to_str().ok_or("the benchmark's path is not UTF-8")?.to_owned();
+    let exe = format!("/home/{USER}/{BENCH_IN_HOME}");
     let lab_dir = std::env::var("VSCODE_SLURM_LAB").unwrap_or_else(|_| "/var/tmp/vscode-slurm-lab".into());
     if !PathBuf::from(&lab_dir).join("pids/head").exists() {
         return Err(format!("the lab at {lab_dir} is not up (tests/bench-relay brings one up)"));
