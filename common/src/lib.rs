@@ -7,6 +7,8 @@
 pub mod cli;
 #[cfg(feature = "session")]
 pub mod host_key;
+#[cfg(feature = "session")]
+pub mod htcondor;
 pub mod json;
 #[cfg(feature = "session")]
 pub mod logging;

@@ -116,16 +116,38 @@ impl Slurm {
     }
 }
 
-async fn run<S: AsRef<OsStr>>(program: &Path, args: &[S], bound: Duration) -> Result<Output, SlurmError> {
+pub(crate) async fn run<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    bound: Duration,
+) -> Result<Output, SlurmError> {
+    run_with_input(program, args, None, bound).await
+}
+
+/// `input`, if any, is written to the program's stdin, which is then closed.
+pub(crate) async fn run_with_input<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    input: Option<&[u8]>,
+    bound: Duration,
+) -> Result<Output, SlurmError> {
     let mut command = Command::new(program);
     command
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Cut off at the bound, it must not live on unobserved.
         .kill_on_drop(true);
-    let error = match timeout(bound, command.output()).await {
+    let finished = async {
+        let mut child = command.spawn()?;
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            use tokio::io::AsyncWriteExt;
+            stdin.write_all(input).await?;
+        }
+        child.wait_with_output().await
+    };
+    let error = match timeout(bound, finished).await {
         Ok(Ok(output)) => return Ok(output),
         Ok(Err(e)) => SlurmError::Start { program: name(program), error: e.to_string() },
         Err(_) => SlurmError::Timeout { program: name(program), after: bound },
@@ -134,7 +156,7 @@ async fn run<S: AsRef<OsStr>>(program: &Path, args: &[S], bound: Duration) -> Re
     Err(error)
 }
 
-fn name(program: &Path) -> String {
+pub(crate) fn name(program: &Path) -> String {
     program.display().to_string()
 }
 

@@ -37,6 +37,12 @@ pub struct Cli {
     #[arg(long = helper::long(helper::THROUGH_KEEPER))]
     pub through_keeper: bool,
 
+    /// Read the session's variables from the first line of stdin instead of
+    /// the environment (set by vscode-shim where the scheduler's remote
+    /// command passes no environment: HTCondor's condor_ssh_to_job).
+    #[arg(long = helper::long(helper::SESSION_ON_STDIN))]
+    pub session_on_stdin: bool,
+
     /// Print a man page or a completion script (man, bash, zsh, fish), for packaging.
     #[arg(long, value_name = "WHAT", hide = true)]
     pub generate: Option<String>,
@@ -62,6 +68,11 @@ pub enum Mode {
 
         #[command(flatten)]
         slurm: Programs,
+
+        /// HTCondor's condor_chirp, with which a keeper in an HTCondor job
+        /// publishes its attached windows in the job's ad.
+        #[arg(long, value_name = "PATH", default_value = "/usr/libexec/condor/condor_chirp", hide = true)]
+        condor_chirp: PathBuf,
     },
     /// Serve one SSH connection on stdin/stdout with the node's sshd in
     /// inetd mode, as the user, started by the job's keeper: a window of

@@ -7,6 +7,7 @@
 
 mod announcer;
 mod cli;
+mod htcondor;
 mod keeper;
 mod launch_lock;
 #[cfg(test)]
@@ -47,14 +48,28 @@ fn main() {
     if let Err(e) = logging::init(&cli.log, style, None) {
         fail(format_args!("{e}"));
     }
+    // Both only set this process's environment: done before the runtime
+    // starts a thread.
+    if cli.session_on_stdin {
+        if let Err(e) = htcondor::read_session_from_stdin() {
+            fail(format_args!("{e}; start windows with vscode-shim"));
+        }
+    }
+    if let Err(e) = htcondor::adopt_job_environment() {
+        fail(format_args!("{e}"));
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => fail(format_args!("cannot start the async runtime: {e}")),
     };
     let code = match cli.command {
-        Some(Mode::Keep { warn_before, slurm }) => {
+        Some(Mode::Keep { warn_before, slurm, condor_chirp }) => {
             let slurm = Slurm::new(slurm, SLURM_TIMEOUT);
-            runtime.block_on(keeper::run(keeper::KeepOptions { warn_before: warn_before.0, slurm }))
+            runtime.block_on(keeper::run(keeper::KeepOptions {
+                warn_before: warn_before.0,
+                slurm,
+                condor_chirp,
+            }))
         }
         Some(Mode::Sshd { sshd }) => runtime.block_on(sshd::run(sshd::Options { sshd })),
         Some(Mode::Door { ref to }) => {

@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use vscode_slurm_common::htcondor::Programs as CondorPrograms;
 use vscode_slurm_common::logging::LogArgs;
 use vscode_slurm_common::slurm::Programs;
 
 use crate::doctor::DoctorArgs;
+use crate::scheduler::Scheduler;
 use crate::sessions::{SessionsArgs, StopArgs};
 use crate::setup::SetupArgs;
 
@@ -132,8 +134,18 @@ pub struct SessionArgs {
     #[command(flatten)]
     pub slurm: Programs,
 
+    /// The scheduler to run the session's job on. Default: the site's
+    /// (vscode-shim.conf next to this program), else the one this login
+    /// node has (sbatch, else condor_submit).
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub scheduler: Option<Scheduler>,
+
+    #[command(flatten)]
+    pub condor: CondorPrograms,
+
     /// Options for the job, as sbatch and salloc take them, e.g.
-    /// `--partition=gpu --time=4:00:00`.
+    /// `--partition=gpu --time=4:00:00`; on HTCondor, submit commands, one
+    /// per argument, e.g. 'request_cpus = 4' 'request_gpus = 1'.
     #[arg(last = true, value_name = "SALLOC_ARGS")]
     pub job_args: Vec<OsString>,
 }

@@ -85,9 +85,13 @@ pub fn with_session_streams(command: &mut Command, secrets: &Secrets, relay_port
     if let Some(port) = relay_port {
         command.env(env::RELAY_PORT, port.to_string());
     }
+    command.env(env::NONCE, secrets.nonce.as_str()).env(env::DOOR_KEY, secrets.door_key.as_hex());
+    piped_in_own_group(command);
+}
+
+/// The session's child with our own pipes, in a group of its own.
+pub fn piped_in_own_group(command: &mut Command) {
     command
-        .env(env::NONCE, secrets.nonce.as_str())
-        .env(env::DOOR_KEY, secrets.door_key.as_hex())
         // A group of its own, so salloc (or srun) and its children can be
         // ended together when the job is lost but they wait on a dead node.
         .process_group(0)

@@ -4,10 +4,12 @@
 
 mod cli;
 mod doctor;
+mod htcondor;
 mod job;
 mod no_profile;
 mod profile;
 mod relay;
+mod scheduler;
 mod session;
 mod sessions;
 mod setup;

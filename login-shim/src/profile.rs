@@ -28,7 +28,7 @@ use crate::streams;
 
 /// Tries at joining a profile's job; one fails when the job ends between
 /// being found and being joined.
-const JOIN_TRIES: u32 = 3;
+pub const JOIN_TRIES: u32 = 3;
 /// How often a window checks that its job still runs: one controller RPC
 /// (`scontrol --local show job`) a minute per idle window. A node that fails
 /// is noticed by the controller (SlurmdTimeout), then here within a minute.
@@ -37,11 +37,11 @@ const JOB_WATCH_INTERVAL: Duration = Duration::from_secs(60);
 /// controller allocates batch jobs on its own schedule and tells no one, so
 /// the window must look (one RPC each), and a coarse poll would add up to
 /// its interval to every start.
-const START_POLL: Duration = Duration::from_millis(100);
+pub const START_POLL: Duration = Duration::from_millis(100);
 /// How long the start is polled that often before backing off towards
 /// `--poll-interval`: longer than the controller's batch scheduling delay
 /// (`batch_sched_delay`, 3 s by default) on an idle cluster.
-const START_POLL_FOR: Duration = Duration::from_secs(5);
+pub const START_POLL_FOR: Duration = Duration::from_secs(5);
 
 /// Joins (or submits) the profile's job and starts this window's step in
 /// it; returns once the helper's shell runs there, so VS Code's script is
@@ -57,35 +57,64 @@ pub async fn start_window(
     let profile = profile(args)?;
     for _ in 0..JOIN_TRIES {
         let (id, submitted) = join_or_submit(args, slurm, &profile, signals, hangup).await?;
-        let mut step = step_command(args, id, &profile, secrets, kind)
+        let step = step_command(args, id, &profile, secrets, kind)
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", args.slurm.srun.display()))?;
-        let mut filter = ControlFilter::new(secrets.nonce.clone());
-        let Some(stdout) = step.stdout.as_mut() else { unreachable!("step_command pipes stdout") };
-        let stop = tokio::select! {
-            ready = timeout(args.connect_wait(), streams::wait_ready(stdout, &mut filter)) => match ready {
-                Ok(Some(early)) => return Ok(Started { child: step, joined: Some(id), filter, early }),
-                Ok(None) => None,
-                Err(_) => Some(format!(
-                    "job {id} did not start the window within {}s (--connect-wait); reconnect to try again",
-                    args.connect_wait
-                )),
-            },
-            code = signals.next() => Some(shutdown_reason(code)),
-            _ = &mut *hangup => Some(shutdown_reason(0)),
-        };
-        if let Some(why) = stop {
-            let _ = step.start_kill();
-            if submitted {
-                let _ = slurm.scancel(id).await;
+        match await_window(step, id, args, secrets, signals, hangup).await {
+            Attempt::Started(started) => return Ok(*started),
+            Attempt::Retry => {}
+            Attempt::Stop(why) => {
+                if submitted {
+                    let _ = slurm.scancel(id).await;
+                }
+                return Err(why);
             }
-            return Err(why);
         }
-        let _ = step.wait().await;
-        let said = read_all_stderr(&mut step).await;
-        tracing::info!("job {id} did not take the window ({said}); trying again");
     }
     Err(format!("could not join a job of profile {profile} in {JOIN_TRIES} tries; reconnect to try again"))
+}
+
+/// How one try at a window ended.
+pub enum Attempt {
+    Started(Box<Started>),
+    /// The job ended between being found and being joined: try again.
+    Retry,
+    /// The session is over before it started; the line to say.
+    Stop(String),
+}
+
+/// Waits for the window's helper to say it runs (whichever scheduler
+/// command started it), or for the user to give up.
+pub async fn await_window(
+    mut step: Child,
+    id: u32,
+    args: &SessionArgs,
+    secrets: &Secrets,
+    signals: &mut Signals,
+    hangup: &mut oneshot::Receiver<()>,
+) -> Attempt {
+    let mut filter = ControlFilter::new(secrets.nonce.clone());
+    let Some(stdout) = step.stdout.as_mut() else { unreachable!("window commands pipe stdout") };
+    let stop = tokio::select! {
+        ready = timeout(args.connect_wait(), streams::wait_ready(stdout, &mut filter)) => match ready {
+            Ok(Some(early)) => return Attempt::Started(Box::new(Started { child: step, joined: Some(id), filter, early })),
+            Ok(None) => None,
+            Err(_) => Some(format!(
+                "job {id} did not start the window within {}s (--connect-wait); reconnect to try again",
+                args.connect_wait
+            )),
+        },
+        code = signals.next() => Some(shutdown_reason(code)),
+        _ = &mut *hangup => Some(shutdown_reason(0)),
+    };
+    if let Some(why) = stop {
+        let _ = step.start_kill();
+        return Attempt::Stop(why);
+    }
+    let _ = step.wait().await;
+    let said = read_all_stderr(&mut step).await;
+    tracing::info!("job {id} did not take the window ({said}); trying again");
+    Attempt::Retry
 }
 
 /// The step's own words on why it did not start, for the log.
@@ -244,7 +273,11 @@ pub struct Found {
 /// else one still pending (another window submitted it). Anything ending or
 /// ended is never joined.
 pub fn pick(output: &str) -> Option<Found> {
-    let jobs = joinable(output);
+    choose(&joinable(output))
+}
+
+/// The job a window joins among a profile's joinable jobs, whatever the scheduler.
+pub fn choose(jobs: &[Found]) -> Option<Found> {
     jobs.iter()
         .filter(|j| j.running)
         .max_by_key(|j| j.id)
@@ -395,7 +428,7 @@ pub async fn wait_running(args: &SessionArgs, slurm: &Slurm, id: u32) -> Result<
 }
 
 /// Often while a start is likely soon, then backing off to `every`.
-fn next_pause(pause: Duration, started: Instant, every: Duration) -> Duration {
+pub fn next_pause(pause: Duration, started: Instant, every: Duration) -> Duration {
     if started.elapsed() < START_POLL_FOR {
         START_POLL
     } else {

@@ -19,13 +19,15 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::time::timeout;
 use vscode_slurm_common::expand_pid;
+use vscode_slurm_common::htcondor::Condor;
 use vscode_slurm_common::logging;
 use vscode_slurm_common::slurm::Slurm;
 
 use crate::cli::SessionArgs;
 use crate::job::{self, JobStatus};
+use crate::scheduler::{self, Scheduler};
 use crate::streams::{self, StdinEnd};
-use crate::{no_profile, profile, relay};
+use crate::{htcondor, no_profile, profile, relay};
 
 /// How long Slurm's client commands may take on a login node, where a user
 /// waits for each.
@@ -65,7 +67,27 @@ pub fn main(args: SessionArgs, proxy: bool) -> i32 {
         );
         return vscode_slurm_common::cli::USAGE;
     }
+    let scheduler = match scheduler::choose(args.scheduler) {
+        Ok(scheduler) => scheduler,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            return 1;
+        }
+    };
+    if scheduler == Scheduler::Htcondor {
+        if args.no_profile {
+            eprintln!(
+                "{program}: --no-profile does not apply on HTCondor: every session is a window of its profile's editor job; drop it"
+            );
+            return vscode_slurm_common::cli::USAGE;
+        }
+        if let Err(e) = htcondor::submit_commands(&args.job_args) {
+            eprintln!("{program}: {e}");
+            return vscode_slurm_common::cli::USAGE;
+        }
+    }
     let slurm = Slurm::new(args.slurm.clone(), SLURM_TIMEOUT);
+    let condor = (scheduler == Scheduler::Htcondor).then(|| Condor::new(args.condor.clone(), SLURM_TIMEOUT));
     let style = logging::Style { program: "vscode-shim", label_levels: false };
     if let Err(e) = logging::init(&args.log, style, args.tee_stderr.as_deref()) {
         eprintln!("vscode-shim: {e}");
@@ -78,7 +100,7 @@ pub fn main(args: SessionArgs, proxy: bool) -> i32 {
             return 1;
         }
     };
-    let code = runtime.block_on(run(args, slurm, proxy));
+    let code = runtime.block_on(run(args, slurm, condor, proxy));
     // Exiting without dropping the runtime: tokio's stdin reader may sit in
     // a blocking read that a runtime shutdown would wait for.
     std::process::exit(code);
@@ -94,7 +116,8 @@ enum Outcome {
     ChildExited(io::Result<ExitStatus>),
 }
 
-async fn run(args: SessionArgs, slurm: Slurm, proxy: bool) -> i32 {
+/// `condor`: the session's job is an HTCondor editor job, not a Slurm job.
+async fn run(args: SessionArgs, slurm: Slurm, condor: Option<Condor>, proxy: bool) -> i32 {
     let start = async {
         // The listener comes first: its port goes into the job's environment.
         let (listener, kind) = if proxy {
@@ -119,6 +142,11 @@ async fn run(args: SessionArgs, slurm: Slurm, proxy: bool) -> i32 {
         }
     };
     let started = match kind {
+        _ if condor.is_some() => {
+            let mut hangup = streams::watch_hangup();
+            let Some(condor) = &condor else { unreachable!("checked in the guard") };
+            htcondor::start_window(&args, condor, &mut signals, &mut hangup, &secrets, kind).await
+        }
         Kind::RemoteCommand { relay_port } if args.no_profile => {
             no_profile::start(&args, &secrets, relay_port)
         }
@@ -174,7 +202,10 @@ async fn run(args: SessionArgs, slurm: Slurm, proxy: bool) -> i32 {
     }
     let child_group = child.id().and_then(|pid| i32::try_from(pid).ok());
     tokio::spawn(end_revoked_allocation(status_rx.clone(), child_group));
-    let mut job_lost = joined.map(|id| profile::end_window_of_lost_job(id, slurm.clone(), child_group));
+    // HTCondor ends a window's condor_ssh_to_job itself when the job goes.
+    let mut job_lost = joined
+        .filter(|_| condor.is_none())
+        .map(|id| profile::end_window_of_lost_job(id, slurm.clone(), child_group));
     let progress = tokio::spawn({
         let (status, slurm, every) = (status_rx.clone(), slurm.clone(), args.poll_interval());
         async move { job::report_progress(status, &slurm, every).await }
@@ -228,6 +259,10 @@ async fn run(args: SessionArgs, slurm: Slurm, proxy: bool) -> i32 {
                 }
             };
             let job = status_rx.borrow().clone();
+            if let (Some(condor), Some(id)) = (&condor, job.id) {
+                tracing::error!("{}", htcondor::explain_end(condor, id).await);
+                return 1;
+            }
             let lost = job_lost.as_mut().is_some_and(|lost| lost.try_recv().is_ok());
             if let (true, Some(id), Some(signal), false) = (job.window, job.id, status.signal(), lost) {
                 tracing::error!("{}", job::explain_srun_killed(id, signal));

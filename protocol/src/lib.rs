@@ -49,6 +49,7 @@ pub mod env {
 pub mod door;
 pub mod duration;
 pub mod helper;
+pub mod htcondor;
 pub mod keeper;
 pub mod proxy;
 pub mod slurm;

@@ -133,6 +133,24 @@ impl Lab {
         lab
     }
 
+    /// `slurm` or `htcondor`: what the lab's hosts schedule with.
+    pub fn scheduler(&self) -> String {
+        std::fs::read_to_string(self.dir.join("scheduler"))
+            .map_or_else(|_| "slurm".to_owned(), |s| s.trim().to_owned())
+    }
+
+    /// The running lab, which must be an HTCondor pool (`labctl up --scheduler htcondor`).
+    pub fn htcondor() -> Lab {
+        let lab = Lab::get();
+        assert_eq!(
+            lab.scheduler(),
+            "htcondor",
+            "these tests need the lab's HTCondor pool: `tests/lab/labctl up --scheduler htcondor` \
+             (with VSCODE_SLURM_RELEASE=24.11), or `tests/test-all --htcondor`"
+        );
+        lab
+    }
+
     /// A second lab beside the shared one, for a test that must change what
     /// every host sees: its own directory and namespace prefix (derived from
     /// the shared lab's, so parallel developers' labs stay apart) and extra
@@ -566,3 +584,4 @@ pub fn stderr_of(output: &Output) -> String {
 pub mod events;
 pub mod proxy;
 pub mod session;
+pub mod strangers;

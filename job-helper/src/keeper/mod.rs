@@ -50,19 +50,36 @@ pub struct KeepOptions {
     /// Warn this long before the time limit, each once.
     pub warn_before: Vec<Duration>,
     pub slurm: Slurm,
+    /// HTCondor's tool for a job to update its own ad.
+    pub condor_chirp: PathBuf,
+}
+
+/// Which scheduler runs the job: where its attachment is published and its
+/// time limit read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheduler {
+    Slurm,
+    HtCondor,
 }
 
 struct Job {
     id: String,
     uid: u32,
     linger: Duration,
+    scheduler: Scheduler,
 }
 
 fn job_from_env() -> Result<(Job, PathBuf), String> {
-    let id = std::env::var("SLURM_JOB_ID")
+    let slurm_id = std::env::var("SLURM_JOB_ID")
         .ok()
-        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or("SLURM_JOB_ID is not set: the keeper runs as the batch script of a vscode-shim job")?;
+        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()));
+    let (id, scheduler) = match (slurm_id, crate::htcondor::cluster_id()) {
+        (Some(id), _) => (id, Scheduler::Slurm),
+        (None, Some(id)) => (id, Scheduler::HtCondor),
+        (None, None) => {
+            return Err("SLURM_JOB_ID is not set (nor an HTCondor job ad): the keeper runs as the batch script of a vscode-shim job".to_owned())
+        }
+    };
     let dir = std::env::var_os(env::RUNTIME_DIR).map(PathBuf::from).ok_or_else(|| {
         format!(
             "{} is not set: the job was not submitted with --vscode, or the plugin is not loaded",
@@ -75,7 +92,7 @@ fn job_from_env() -> Result<(Job, PathBuf), String> {
         ),
         Err(_) => Duration::ZERO,
     };
-    Ok((Job { id, uid: nix::unistd::getuid().as_raw(), linger }, dir))
+    Ok((Job { id, uid: nix::unistd::getuid().as_raw(), linger, scheduler }, dir))
 }
 
 pub async fn run(options: KeepOptions) -> i32 {
@@ -113,7 +130,11 @@ pub async fn run(options: KeepOptions) -> i32 {
     let job = Rc::new(job);
     let code = local
         .run_until(async {
-            tokio::task::spawn_local(publish_attachment(job.id.clone(), options.slurm.clone(), attachment));
+            let publisher = match job.scheduler {
+                Scheduler::Slurm => Publisher::Slurm(options.slurm.clone()),
+                Scheduler::HtCondor => Publisher::Chirp(options.condor_chirp.clone()),
+            };
+            tokio::task::spawn_local(publish_attachment(job.id.clone(), publisher, attachment));
             tokio::task::spawn_local(warn_before_limit(job.clone(), options, notices.clone()));
             let windows = Rc::new(Cell::new(0usize));
             let mut deadline = Some(Instant::now() + first_wait);
@@ -255,14 +276,49 @@ fn spawn_shell(request: &SpawnRequest, fds: [std::os::fd::OwnedFd; 3]) -> io::Re
     command.spawn()
 }
 
-/// Keeps the job's Comment saying how many windows are attached (see
-/// [`Attachment`]), for `vscode-shim sessions`.
-async fn publish_attachment(job_id: String, slurm: Slurm, mut attachment: watch::Receiver<Attachment>) {
+/// Where the attachment goes: the Slurm job's Comment, or the HTCondor
+/// job's own ad (condor_chirp, through the starter).
+enum Publisher {
+    Slurm(Slurm),
+    Chirp(PathBuf),
+}
+
+/// How long condor_chirp may take: the starter is on this node.
+const CHIRP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keeps the job's Comment (or its ad's `VSCodeWindows`) saying how many
+/// windows are attached (see [`Attachment`]), for `vscode-shim sessions`.
+async fn publish_attachment(
+    job_id: String,
+    publisher: Publisher,
+    mut attachment: watch::Receiver<Attachment>,
+) {
     loop {
         let comment = attachment.borrow_and_update().encode();
-        let args = ["update".to_owned(), format!("JobId={job_id}"), format!("Comment={comment}")];
-        if let Err(e) = slurm.scontrol(&args).await {
-            tracing::info!("could not record the attached windows in the job's comment: {e}");
+        let published = match &publisher {
+            Publisher::Slurm(slurm) => {
+                let args = ["update".to_owned(), format!("JobId={job_id}"), format!("Comment={comment}")];
+                slurm.scontrol(&args).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+            Publisher::Chirp(chirp) => {
+                let value = vscode_slurm_protocol::htcondor::classad_string(&comment);
+                let mut command = Command::new(chirp);
+                command.args(["set_job_attr", vscode_slurm_protocol::htcondor::WINDOWS_ATTR, &value]);
+                command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
+                match tokio::time::timeout(CHIRP_TIMEOUT, command.output()).await {
+                    Ok(Ok(out)) if out.status.success() => Ok(()),
+                    Ok(Ok(out)) => Err(format!(
+                        "{} failed: {}",
+                        chirp.display(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )),
+                    Ok(Err(e)) => Err(format!("cannot run {}: {e}", chirp.display())),
+                    Err(_) => Err(format!("{} did not answer", chirp.display())),
+                }
+            }
+        };
+        if let Err(e) = published {
+            tracing::info!("could not record the attached windows in the job: {e}");
         }
         if attachment.changed().await.is_err() {
             return;
@@ -277,7 +333,7 @@ async fn warn_before_limit(job: Rc<Job>, options: KeepOptions, notices: broadcas
     pending.sort_unstable_by(|a, b| b.cmp(a));
     let mut at_start = true;
     while !pending.is_empty() {
-        let Some(left) = time_left(&options.slurm, &job.id).await else {
+        let Some(left) = time_left(&options.slurm, &job).await else {
             tracing::info!("job {}: no time limit known; no warnings", job.id);
             return;
         };
@@ -286,7 +342,7 @@ async fn warn_before_limit(job: Rc<Job>, options: KeepOptions, notices: broadcas
         let Some(&next) = pending.first() else { return };
         let at = Instant::now() + left.saturating_sub(next);
         tokio::time::sleep_until(at).await;
-        let Some(now_left) = time_left(&options.slurm, &job.id).await else { return };
+        let Some(now_left) = time_left(&options.slurm, &job).await else { return };
         if now_left > next + LIMIT_SLACK {
             continue;
         }
@@ -345,8 +401,11 @@ pub fn parse_time_left(text: &str) -> Option<Duration> {
 /// `None` also when the controller cannot be asked: without a known
 /// limit there is nothing to warn about, and the job's end still reaches
 /// every window.
-async fn time_left(slurm: &Slurm, job_id: &str) -> Option<Duration> {
-    let out = slurm.squeue(&["-h", "-j", job_id, "-o", "%L"]).await.ok()?;
+async fn time_left(slurm: &Slurm, job: &Job) -> Option<Duration> {
+    if job.scheduler == Scheduler::HtCondor {
+        return crate::htcondor::time_left(unix_now());
+    }
+    let out = slurm.squeue(&["-h", "-j", &job.id, "-o", "%L"]).await.ok()?;
     parse_time_left(out.lines().next()?)
 }
 

@@ -234,6 +234,17 @@ fn listening_line(ep: &Endpoint, listener: &Listener) -> String {
 }
 
 /// The uname nodename; read from /proc so it follows the UTS namespace without libc.
+/// The HTCondor job's cluster id, from the job ad its starter wrote, for
+/// tests of the HTCondor path (empty elsewhere).
+fn condor_cluster() -> String {
+    let Some(path) = std::env::var_os("_CONDOR_JOB_AD") else { return String::new() };
+    let text = fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.strip_prefix("ClusterId = "))
+        .map(|id| id.trim().to_string())
+        .unwrap_or_default()
+}
+
 fn hostname() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
@@ -253,9 +264,10 @@ static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 
 fn info_json(local: &str, peer: &str) -> String {
     format!(
-        "{{\"hostname\":{},\"job_id\":{},\"pid\":{},\"start_time\":{},\"local_addr\":{},\"peer_addr\":{},\"user\":{},\"runtime_dir\":{},\"connections\":{}}}",
+        "{{\"hostname\":{},\"job_id\":{},\"condor_cluster\":{},\"pid\":{},\"start_time\":{},\"local_addr\":{},\"peer_addr\":{},\"user\":{},\"runtime_dir\":{},\"connections\":{}}}",
         json_string(&hostname()),
         json_string(&std::env::var("SLURM_JOB_ID").unwrap_or_default()),
+        json_string(&condor_cluster()),
         std::process::id(),
         start_time(),
         json_string(local),
