@@ -33,7 +33,11 @@ const SFTP_SERVERS: [&str; 3] =
 const XAUTH: [&str; 2] = ["/usr/bin/xauth", "/usr/X11R6/bin/xauth"];
 /// The job's variables a shell in the job expects (sshd starts sessions
 /// with a fresh environment): exact names, or prefixes ending in `_`.
-const JOB_VARIABLES: [&str; 13] = [
+const JOB_VARIABLES: [&str; 15] = [
+    // An HTCondor job's: its ads, scratch dir and slot (and the ancestry
+    // variables by which HTCondor's procd finds its processes).
+    "_CONDOR_",
+    "BATCH_SYSTEM",
     "SLURM_JOB_",
     "SLURM_JOBID",
     "SLURM_CLUSTER_NAME",

@@ -21,12 +21,14 @@ impl ProxyHost {
     /// known_hosts line go into the laptop's files, as the user would copy
     /// them. Linger 0, so that the last connection ends the job at once.
     pub fn install(lab: &Lab, user: &str, name: &str, profile: &str) -> ProxyHost {
+        // What the job asks for: sbatch options, or an HTCondor submit command.
+        let job_args = if lab.scheduler() == "htcondor" { "request_memory=100" } else { "--time=10" };
         let printed = lab.sh_ok(
             Some(user),
             "login",
             &format!(
                 "vscode-shim setup --proxy --login login --user {user} --name {name} \
-                 --identity-file '~/.ssh/id_ed25519' --profile {profile} -- --time=10"
+                 --identity-file '~/.ssh/id_ed25519' --profile {profile} -- {job_args}"
             ),
         );
         let start = printed.find("\nHost ").expect("a Host block in setup --proxy's output") + 1;

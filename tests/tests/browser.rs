@@ -21,7 +21,8 @@ const LAUNCH_SCRIPT: &str = include_str!("../scripts/code-server.sh");
 const CODE_SERVER: &str = "/opt/vscode-slurm-tests/code-server/node_modules/.bin/code-server";
 const WORKBENCH_SCRIPT: &str = include_str!("../browser/workbench.mjs");
 const USER: &str = "alice";
-const COMMAND: &str = "hostname; echo $SLURM_JOB_ID";
+/// The job as a shell in it sees it: Slurm's job id, or the HTCondor slot the job runs in.
+const COMMAND: &str = "hostname; echo ${SLURM_JOB_ID:-$_CONDOR_SLOT_NAME}";
 /// A whole browser run: Chromium's start, the workbench's first load (code-server loads VS
 /// Code's server on the first request), explorer, editor and terminal, on a loaded two-core
 /// machine. The script bounds each of its steps too and says which one failed.
@@ -103,6 +104,8 @@ fn run_browser(browser: &mut LineProcess) -> Observed {
 struct Workbench<'a> {
     node: &'a str,
     job: u32,
+    /// What the terminal prints for the job after the node (see [`COMMAND`]).
+    job_line: &'a str,
     base_url: &'a str,
     /// Remote-SSH's `ssh -D` port on the laptop, when Chromium goes through it.
     socks_port: Option<u16>,
@@ -119,7 +122,7 @@ struct Workbench<'a> {
 /// (a) the explorer lists it, (b) the integrated terminal runs in the job on the node,
 /// (c) Ctrl+S saves on the node, (d) a screenshot was taken; then Chromium is gone.
 fn drive_workbench(lab: &Lab, workbench: Workbench<'_>, client: impl Fn() -> String) {
-    let Workbench { node, job, base_url, socks_port, password_file, folder, artifact } = workbench;
+    let Workbench { node, job, job_line, base_url, socks_port, password_file, folder, artifact } = workbench;
     let tag = std::process::id();
     let laptop_home = lab.dir.join("laptop-home").join(USER);
     // Files made on the compute node, in the job, for the explorer to show.
@@ -204,7 +207,7 @@ fn drive_workbench(lab: &Lab, workbench: Workbench<'_>, client: impl Fn() -> Str
         .unwrap_or_else(|| panic!("the command is not in the terminal: {terminal:?}"));
     let output: Vec<&str> = terminal[at + 1..].iter().take(2).copied().collect();
     say(&format!("the terminal says `{}` after `{COMMAND}`", output.join(" / ")));
-    assert_eq!(output, [node, job.to_string().as_str()], "terminal rows: {terminal:?}");
+    assert_eq!(output, [node, job_line], "terminal rows: {terminal:?}");
 
     // (c) Ctrl+S saved the typed text on the node.
     assert_eq!(observed.values("saved"), ["notes.md"]);
@@ -314,9 +317,11 @@ fn vscode_workbench_in_chromium_runs_in_the_job_and_leaves_nothing() {
     );
 
     let url = format!("http://127.0.0.1:{}/", session.relay_port);
+    let job_line = job.to_string();
     let workbench = Workbench {
         node: &node,
         job,
+        job_line: &job_line,
         base_url: &url,
         socks_port: Some(socks_port),
         password_file: None,
@@ -401,9 +406,11 @@ fn vscode_workbench_in_chromium_through_the_proxy_host() {
     let url = format!("http://127.0.0.1:{port}/");
     let password_arg = format!("/home/{USER}/{password_file}");
     let folder = format!("workbench-{tag}");
+    let job_line = job.to_string();
     let workbench = Workbench {
         node: &node,
         job,
+        job_line: &job_line,
         base_url: &url,
         socks_port: Some(socks_port),
         password_file: Some(&password_arg),
@@ -431,4 +438,64 @@ impl Drop for EndOnDrop<'_> {
     fn drop(&mut self) {
         let _ = self.lab.sh(Some(USER), "laptop", &format!("kill {} 2>/dev/null", self.pid));
     }
+}
+
+/// The same workbench on the lab's HTCondor pool: code-server in the profile's editor job on
+/// an execute point, reached the same way (relay on the access point, door on the node).
+#[test]
+#[ignore = "needs the lab's HTCondor pool: labctl up --scheduler htcondor"]
+fn vscode_workbench_in_chromium_inside_an_htcondor_job() {
+    require_browser_deps();
+    let lab = Lab::htcondor();
+    let tag = std::process::id();
+    let folder = format!("workbench-{tag}");
+    write_user_settings(&lab);
+    let opened = Instant::now();
+    let session = Session::open(&lab, SessionOptions { template: Some(LAUNCH_SCRIPT), ..Default::default() });
+    let queue = lab.sh_ok(Some(USER), "login", "condor_q -af ClusterId RemoteHost");
+    let fields: Vec<&str> = queue.split_whitespace().collect();
+    let [job, slot] = fields[..] else { panic!("want one running editor job of {USER}: {queue}") };
+    let job: u32 = job.parse().expect("a cluster id");
+    let node = slot.split('@').nth(1).and_then(|host| host.split('.').next()).expect("slot@node").to_owned();
+    say(&format!("session open in {:.1?}: HTCondor job {job} in {slot}", opened.elapsed()));
+    assert!(session.answer.contains("<!DOCTYPE html>"), "the workbench page: {:.300}", session.answer);
+    let sockets = lab.sh_ok(None, &node, "ss -Hlxp || true");
+    assert!(
+        sockets
+            .lines()
+            .any(|l| l.contains("/vscode-slurm/server-") && l.contains("/var/lib/condor/execute/")),
+        "code-server does not listen on a socket in the job's private directory: {sockets}"
+    );
+    let socks_port: u16 = session
+        .client
+        .stdout_seen
+        .iter()
+        .find_map(|l| l.strip_prefix("session ")?.split("socks=127.0.0.1:").nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("the client did not say its SOCKS port\n{}", dump(&session.client)));
+    let url = format!("http://127.0.0.1:{}/", session.relay_port);
+    let workbench = Workbench {
+        node: &node,
+        job,
+        job_line: slot,
+        base_url: &url,
+        socks_port: Some(socks_port),
+        password_file: None,
+        folder: &folder,
+        artifact: "workbench-htcondor.png",
+    };
+    drive_workbench(&lab, workbench, || dump(&session.client));
+    let (took, client) = session.close();
+    assert!(took < Duration::from_secs(20), "closing took {took:?}\n{}", dump(&client));
+    wait_until(
+        &format!("HTCondor job {job} to leave the queue, nothing of alice left on {node}"),
+        Duration::from_secs(60),
+        || {
+            let queue = lab.sh_ok(Some(USER), "login", "condor_q -af ClusterId");
+            let ps = lab.sh_ok(None, &node, &format!("ps -u {USER} -o pid= || true"));
+            format!("{}{}", queue.trim(), ps.trim())
+        },
+        |left| left.is_empty(),
+    );
+    lab.sh_ok(Some(USER), "c1", &format!("rm -rf ~/{folder}"));
+    say(&format!("closed in {took:.1?}: HTCondor job {job} ended, nothing of it left on {node}"));
 }

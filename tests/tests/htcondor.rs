@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use vscode_slurm_tests::proxy::ProxyHost;
 use vscode_slurm_tests::session::{dump, json_field, start_client, Session, SessionOptions};
 use vscode_slurm_tests::strangers::{alices_doors, assert_nothing_from_the_server, connections, tools};
 use vscode_slurm_tests::{wait_until, Lab};
@@ -332,5 +333,39 @@ fn an_escaped_server_does_not_outlive_the_job() {
     assert!(fields.len() >= 3, "the escaped process runs: {escaped}");
     assert_eq!(fields[0], fields[2], "it leads a session of its own (setsid): {escaped}");
     let (_, _client) = session.close();
+    assert_nothing_left(&lab, "alice", job, CONDOR_SLACK);
+}
+
+/// A ProxyCommand host (`vscode-shim setup --proxy`) on the pool: plain ssh
+/// and scp reach an sshd of alice's own inside her editor job, whose shell
+/// sees the job (its ad, its scratch dir); the last connection ends the job.
+#[test]
+#[ignore = "needs the lab's HTCondor pool: labctl up --scheduler htcondor"]
+fn a_proxy_host_reaches_an_sshd_inside_the_editor_job() {
+    let lab = Lab::htcondor();
+    let host = ProxyHost::install(&lab, "alice", "alice-condor-job", "proxied");
+    let ssh = |user: &str, args: &str| {
+        lab.sh(Some(user), "laptop", &format!("ssh -o BatchMode=yes -o StrictHostKeyChecking=yes {args}"))
+    };
+    let answer = ssh(
+        "alice",
+        &format!(
+            "{} 'echo $(hostname) $BATCH_SYSTEM $(sed -n \"s/^ClusterId = //p\" $_CONDOR_JOB_AD) $(id -un)'",
+            host.name
+        ),
+    );
+    let text = String::from_utf8_lossy(&answer.stdout).into_owned();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    assert!(answer.status.success() && words.len() == 4, "ssh through the proxy host: {answer:?}");
+    assert!(words[0] == "c1" || words[0] == "c2", "answered on an execute point: {text}");
+    assert_eq!((words[1], words[3]), ("HTCondor", "alice"), "inside an HTCondor job, as alice: {text}");
+    let job: u32 = words[2].parse().unwrap_or_else(|_| panic!("no cluster id in {text}"));
+    lab.sh_ok(Some("alice"), "laptop", "echo carried > ~/carried.txt");
+    let copied =
+        lab.sh(Some("alice"), "laptop", &format!("scp -q -o BatchMode=yes carried.txt {}:", host.name));
+    assert!(copied.status.success(), "scp into the job: {copied:?}");
+    assert_eq!(lab.sh_ok(Some("alice"), "c1", "cat ~/carried.txt").trim(), "carried");
+    lab.sh_ok(Some("alice"), "c1", "rm -f ~/carried.txt");
+    lab.sh_ok(Some("alice"), "laptop", "rm -f ~/carried.txt");
     assert_nothing_left(&lab, "alice", job, CONDOR_SLACK);
 }
