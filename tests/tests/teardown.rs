@@ -13,12 +13,18 @@ fn init_pids(lab: &Lab) -> String {
 fn up_twice_is_harmless_and_down_leaves_nothing_even_with_work_running() {
     let lab = Lab::get();
     let before = init_pids(&lab);
-    let again = lab.labctl(&["up"]);
+    let htcondor = lab.scheduler() == "htcondor";
+    let again = lab.labctl(if htcondor { &["up", "--scheduler", "htcondor"] } else { &["up"] });
     assert!(again.status.success(), "second `up` failed: {}", stderr_of(&again));
     assert_eq!(init_pids(&lab), before, "a second `up` restarted the hosts");
 
     // Leave real work running: a batch job and an open ssh session.
-    lab.sh_ok(Some("alice"), "login", "sbatch --wrap 'sleep 600'");
+    let batch = if htcondor {
+        "printf '%s\\n' 'executable = /bin/sleep' 'arguments = 600' 'queue' | condor_submit -terse -"
+    } else {
+        "sbatch --wrap 'sleep 600'"
+    };
+    lab.sh_ok(Some("alice"), "login", batch);
     let _session = lab.spawn(Some("alice"), "laptop", &["ssh", "login", "sleep", "600"]);
     vscode_slurm_tests::wait_until(
         "the ssh session to be open",
