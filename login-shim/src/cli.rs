@@ -223,7 +223,7 @@ mod tests {
         else {
             panic!("not parsed as sessions")
         };
-        assert_eq!(sessions.slurm.squeue, PathBuf::from("/x/squeue"));
+        assert_eq!(sessions.jobs.slurm.squeue, PathBuf::from("/x/squeue"));
         assert!(parse(&["--profile", "x", "sessions"]).is_err());
     }
 

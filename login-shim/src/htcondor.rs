@@ -267,6 +267,10 @@ async fn submit(
     }
 }
 
+/// How long a window whose channel ended waits for the schedd to say why.
+const END_STATE_WAIT: Duration = Duration::from_secs(15);
+const END_STATE_POLL: Duration = Duration::from_millis(250);
+
 /// condor_q calls that may fail in a row before the session gives up.
 const QUERY_TRIES: u32 = 3;
 
@@ -343,7 +347,15 @@ fn parse_state(line: &str) -> Option<(JobStatus, String)> {
 /// held (then removed here), or completed; asked of the queue, then of
 /// the history once the job has left it.
 pub async fn explain_end(condor: &Condor, id: u32) -> String {
+    // The window's channel ends as the starter goes, before the schedd has
+    // recorded why (a hold, a removal): wait, bounded, for the job to leave
+    // the running state.
+    let deadline = Instant::now() + END_STATE_WAIT;
     let mut known = state(condor, id).await.ok().flatten();
+    while matches!(known, Some((JobStatus::Running, _))) && Instant::now() < deadline {
+        sleep(END_STATE_POLL).await;
+        known = state(condor, id).await.ok().flatten();
+    }
     if known.is_none() {
         let out = condor
             .history(&[&id.to_string(), "-limit", "1", "-af:t", "JobStatus", "HoldReason", "RemoveReason"])

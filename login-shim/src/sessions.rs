@@ -1,15 +1,19 @@
 //! `vscode-shim sessions` and `vscode-shim stop`: the user's vscode jobs as
-//! Slurm knows them, from any login node.
+//! the scheduler knows them (Slurm, or an HTCondor pool), from any login node.
 
 use clap::Args;
+use vscode_slurm_common::htcondor::{Condor, Programs as CondorPrograms};
 use vscode_slurm_common::slurm::{Programs, Slurm};
 use vscode_slurm_common::unix_now;
+use vscode_slurm_protocol::htcondor::{self as condor, JobStatus};
 use vscode_slurm_protocol::slurm::{self, Attachment};
+
+use crate::scheduler::{self, Scheduler};
 
 #[derive(Debug, Args)]
 pub struct SessionsArgs {
     #[command(flatten)]
-    pub slurm: Programs,
+    pub jobs: JobsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -18,13 +22,78 @@ pub struct StopArgs {
     which: Option<String>,
 
     #[command(flatten)]
+    pub jobs: JobsArgs,
+}
+
+/// Where the jobs are asked for.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// The scheduler to ask (default: as for a session).
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub scheduler: Option<Scheduler>,
+
+    #[command(flatten)]
     pub slurm: Programs,
+
+    #[command(flatten)]
+    pub condor: CondorPrograms,
+}
+
+/// The scheduler's client, chosen as a session chooses it.
+enum Backend {
+    Slurm(Slurm),
+    HtCondor(Condor),
+}
+
+impl Backend {
+    fn new(args: &JobsArgs) -> Result<Backend, String> {
+        let timeout = crate::session::SLURM_TIMEOUT;
+        Ok(match scheduler::choose(args.scheduler)? {
+            Scheduler::Slurm => Backend::Slurm(Slurm::new(args.slurm.clone(), timeout)),
+            Scheduler::Htcondor => Backend::HtCondor(Condor::new(args.condor.clone(), timeout)),
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<VsJob>, String> {
+        match self {
+            Backend::Slurm(slurm) => list(slurm).await,
+            Backend::HtCondor(condor) => {
+                let constraint = format!("{} =?= True", condor::SESSION_ATTR);
+                let attrs = [
+                    condor::PROFILE_ATTR,
+                    "ClusterId",
+                    "RemoteHost",
+                    "JobStatus",
+                    "AllowedJobDuration",
+                    "JobCurrentStartDate",
+                    condor::WINDOWS_ATTR,
+                ];
+                let mut query = vec!["-constraint", &constraint, "-af:t"];
+                query.extend(attrs);
+                let output = condor.q(&query).await.map_err(|e| e.to_string())?;
+                Ok(parse_condor(&output, unix_now()))
+            }
+        }
+    }
+
+    async fn end(&self, id: u32) -> Result<(), String> {
+        match self {
+            Backend::Slurm(slurm) => slurm.scancel(id).await.map_err(|e| e.to_string()),
+            Backend::HtCondor(condor) => condor.rm(id, "vscode-shim stop").await.map_err(|e| e.to_string()),
+        }
+    }
 }
 
 /// `vscode-shim sessions`; returns the exit code.
 pub async fn sessions(args: &SessionsArgs) -> i32 {
-    let slurm = slurm_client(&args.slurm);
-    match list(&slurm).await {
+    let backend = match Backend::new(&args.jobs) {
+        Ok(backend) => backend,
+        Err(e) => {
+            eprintln!("vscode-shim: {e}");
+            return 1;
+        }
+    };
+    match backend.list().await {
         Ok(jobs) => {
             print!("{}", table(&jobs, unix_now()));
             0
@@ -38,9 +107,15 @@ pub async fn sessions(args: &SessionsArgs) -> i32 {
 
 /// `vscode-shim stop`; returns the exit code.
 pub async fn stop(args: &StopArgs) -> i32 {
-    let slurm = slurm_client(&args.slurm);
-    match list(&slurm).await {
-        Ok(jobs) => stop_chosen(&slurm, &jobs, args.which.as_deref()).await,
+    let backend = match Backend::new(&args.jobs) {
+        Ok(backend) => backend,
+        Err(e) => {
+            eprintln!("vscode-shim: {e}");
+            return 1;
+        }
+    };
+    match backend.list().await {
+        Ok(jobs) => stop_chosen(&backend, &jobs, args.which.as_deref()).await,
         Err(e) => {
             eprintln!("vscode-shim: {e}");
             1
@@ -58,10 +133,6 @@ pub struct VsJob {
     pub state: String,
     pub time_left: String,
     pub attachment: Option<Attachment>,
-}
-
-fn slurm_client(programs: &Programs) -> Slurm {
-    Slurm::new(programs.clone(), crate::session::SLURM_TIMEOUT)
 }
 
 async fn list(slurm: &Slurm) -> Result<Vec<VsJob>, String> {
@@ -83,6 +154,35 @@ pub fn parse(output: &str) -> Vec<VsJob> {
                 state: state.to_owned(),
                 time_left: left.to_owned(),
                 attachment: Attachment::parse(comment),
+            })
+        })
+        .collect()
+}
+
+/// `condor_q -af:t` of the user's editor jobs, in the table's terms: the
+/// slot's host as the node, HTCondor's state words, the time left where the
+/// job has a limit (`allowed_job_duration`).
+pub fn parse_condor(output: &str, now: u64) -> Vec<VsJob> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.trim_end_matches(['\n', '\r']).split('\t').collect();
+            let [profile, id, slot, status, allowed, started, windows] = fields[..] else { return None };
+            let status = JobStatus::from_code(status)?;
+            let node = slot.split_once('@').map_or("-", |(_, host)| host.split('.').next().unwrap_or(host));
+            let time_left = match (allowed.parse::<u64>(), started.parse::<u64>()) {
+                (Ok(allowed), Ok(started)) if status == JobStatus::Running => crate::job::format_waited(
+                    std::time::Duration::from_secs((started + allowed).saturating_sub(now)),
+                ),
+                _ => "-".to_owned(),
+            };
+            Some(VsJob {
+                profile: profile.to_owned(),
+                id: id.parse().ok()?,
+                node: node.to_owned(),
+                state: status.word().to_uppercase(),
+                time_left,
+                attachment: Attachment::parse(windows),
             })
         })
         .collect()
@@ -120,7 +220,7 @@ pub fn table(jobs: &[VsJob], now: u64) -> String {
         .collect()
 }
 
-async fn stop_chosen(slurm: &Slurm, jobs: &[VsJob], which: Option<&str>) -> i32 {
+async fn stop_chosen(backend: &Backend, jobs: &[VsJob], which: Option<&str>) -> i32 {
     let chosen: Vec<&VsJob> = match which {
         None if jobs.len() == 1 => jobs.iter().collect(),
         None if jobs.is_empty() => {
@@ -145,7 +245,7 @@ async fn stop_chosen(slurm: &Slurm, jobs: &[VsJob], which: Option<&str>) -> i32 
     }
     let mut code = 0;
     for job in chosen {
-        match slurm.scancel(job.id).await {
+        match backend.end(job.id).await {
             Ok(()) => println!("stopped job {} (profile {})", job.id, job.profile),
             Err(e) => {
                 eprintln!("vscode-shim: job {} was not stopped: {e}", job.id);
@@ -164,6 +264,20 @@ mod tests {
                           other|42|c2|RUNNING|1:00|\n\
                           vscode:default|43|c2|RUNNING|58:00|vscode:windows=0,ends=1000090\n\
                           vscode:args-1234abcd|44||PENDING|10:00|(null)\n";
+
+    #[test]
+    fn editor_jobs_are_listed_like_slurm_jobs() {
+        let output = "gpu\t12\tslot1_1@c1.lab\t2\t3600\t1000000\tvscode:windows=1\n\
+                      default\t13\tundefined\t1\tundefined\tundefined\tundefined\n";
+        let jobs = parse_condor(output, 1_000_600);
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(
+            (jobs[0].node.as_str(), jobs[0].state.as_str(), jobs[0].time_left.as_str()),
+            ("c1", "RUNNING", "50:00")
+        );
+        assert_eq!(jobs[0].attachment, Some(Attachment { windows: 1, ends_at: None }));
+        assert_eq!((jobs[1].node.as_str(), jobs[1].state.as_str(), jobs[1].attachment), ("-", "IDLE", None));
+    }
 
     #[test]
     fn only_vscode_jobs_are_listed_with_their_windows() {

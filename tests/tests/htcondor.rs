@@ -143,6 +143,14 @@ fn a_window_reattaches_from_login2_while_the_job_lingers_then_it_ends() {
         |ad| ad.starts_with("2 vscode:windows=0,ends="),
     );
     assert!(!attached.is_empty());
+    let shown = lab.sh_ok(Some("alice"), "login2", "vscode-shim sessions");
+    assert!(
+        shown.lines().any(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            cells.len() == 7 && cells[..6] == ["linger", &job.to_string(), cells[2], "RUNNING", "-", "0"]
+        }),
+        "sessions on login2 shows the lingering job with no window:\n{shown}"
+    );
 
     let second = open(&lab, "legacy", true, command, &["HostName=login2"]);
     assert_eq!(cluster(&second), job, "reattached through login2");
@@ -163,16 +171,19 @@ fn a_window_reattaches_from_login2_while_the_job_lingers_then_it_ends() {
 }
 
 /// Whoever ends the job from outside, the window says so in one line and
-/// nothing is left: `condor_rm`, and a hold (which the shim turns into a
-/// removal, since a held editor job would wait for ever).
+/// nothing is left: `condor_rm`, a hold (which the shim turns into a
+/// removal, since a held editor job would wait for ever), `vscode-shim stop`.
 #[test]
 #[ignore = "needs the lab's HTCondor pool: labctl up --scheduler htcondor"]
 fn a_removed_and_a_held_job_each_end_the_session_with_one_line() {
     let lab = Lab::htcondor();
-    for (action, says) in
-        [("condor_rm", "was removed (via condor_rm"), ("condor_hold", "was held by HTCondor (")]
-    {
-        let command = format!("vscode-shim --profile {} -- request_memory=100", action.replace('_', "-"));
+    for (action, says) in [
+        ("condor_rm", "was removed (via condor_rm"),
+        ("condor_hold", "was held by HTCondor ("),
+        ("vscode-shim stop", "was removed (vscode-shim stop"),
+    ] {
+        let command =
+            format!("vscode-shim --profile {} -- request_memory=100", action.replace([' ', '_'], "-"));
         let mut session = open(&lab, "legacy", false, &command, &[]);
         let job = cluster(&session);
         lab.sh_ok(Some("alice"), "login", &format!("{action} {job}"));
@@ -367,5 +378,31 @@ fn a_proxy_host_reaches_an_sshd_inside_the_editor_job() {
     assert_eq!(lab.sh_ok(Some("alice"), "c1", "cat ~/carried.txt").trim(), "carried");
     lab.sh_ok(Some("alice"), "c1", "rm -f ~/carried.txt");
     lab.sh_ok(Some("alice"), "laptop", "rm -f ~/carried.txt");
+    assert_nothing_left(&lab, "alice", job, CONDOR_SLACK);
+}
+
+/// A job with a time limit (`allowed_job_duration`) warns each window
+/// before it, as on Slurm; when HTCondor then holds the job for running too
+/// long, the window says so in one line and the job is gone.
+#[test]
+#[ignore = "needs the lab's HTCondor pool: labctl up --scheduler htcondor"]
+fn a_time_limit_warns_before_and_its_hold_ends_the_session() {
+    let lab = Lab::htcondor();
+    let command =
+        "vscode-shim --profile limited --warn-before 1m -- request_memory=100 allowed_job_duration=90";
+    let mut session = open(&lab, "legacy", false, command, &[]);
+    let job = cluster(&session);
+    let warned = session.client.expect_stderr_line("the time-limit warning", Duration::from_secs(60), |l| {
+        l.contains(&format!("job {job} reaches its time limit in about 1 minute"))
+    });
+    assert!(warned.contains("save your work"), "{warned}");
+    session
+        .client
+        .expect_line("ssh to exit at the limit", Duration::from_secs(90), |l| l.starts_with("ssh-exited"));
+    session.client.stderr_to_end(Duration::from_secs(10));
+    let held: Vec<&String> =
+        session.client.stderr_seen.iter().filter(|l| l.contains("was held by HTCondor")).collect();
+    assert_eq!(held.len(), 1, "one line for the hold:\n{}", dump(&session.client));
+    drop(session);
     assert_nothing_left(&lab, "alice", job, CONDOR_SLACK);
 }
