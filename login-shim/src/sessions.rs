@@ -84,15 +84,14 @@ impl Backend {
     }
 }
 
+/// The backend, or `None` once the reason is on stderr (an unusable site file).
+fn backend_or_say(args: &JobsArgs) -> Option<Backend> {
+    Backend::new(args).map_err(|e| eprintln!("vscode-shim: {e}")).ok()
+}
+
 /// `vscode-shim sessions`; returns the exit code.
 pub async fn sessions(args: &SessionsArgs) -> i32 {
-    let backend = match Backend::new(&args.jobs) {
-        Ok(backend) => backend,
-        Err(e) => {
-            eprintln!("vscode-shim: {e}");
-            return 1;
-        }
-    };
+    let Some(backend) = backend_or_say(&args.jobs) else { return 1 };
     match backend.list().await {
         Ok(jobs) => {
             print!("{}", table(&jobs, unix_now()));
@@ -107,13 +106,7 @@ pub async fn sessions(args: &SessionsArgs) -> i32 {
 
 /// `vscode-shim stop`; returns the exit code.
 pub async fn stop(args: &StopArgs) -> i32 {
-    let backend = match Backend::new(&args.jobs) {
-        Ok(backend) => backend,
-        Err(e) => {
-            eprintln!("vscode-shim: {e}");
-            return 1;
-        }
-    };
+    let Some(backend) = backend_or_say(&args.jobs) else { return 1 };
     match backend.list().await {
         Ok(jobs) => stop_chosen(&backend, &jobs, args.which.as_deref()).await,
         Err(e) => {

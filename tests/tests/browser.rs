@@ -68,6 +68,16 @@ fn running_jobs(lab: &Lab, user: &str) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// The SOCKS port of the emulated client's `ssh -D`, as it said it.
+fn socks_port(session: &Session) -> u16 {
+    session
+        .client
+        .stdout_seen
+        .iter()
+        .find_map(|l| l.strip_prefix("session ")?.split("socks=127.0.0.1:").nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("the client did not say its SOCKS port\n{}", dump(&session.client)))
+}
+
 /// What the workbench script said, by first word.
 struct Observed {
     lines: Vec<String>,
@@ -286,12 +296,7 @@ fn vscode_workbench_in_chromium_runs_in_the_job_and_leaves_nothing() {
         "the first answer through the relay is not the workbench page: {:.300}",
         session.answer
     );
-    let socks_port: u16 = session
-        .client
-        .stdout_seen
-        .iter()
-        .find_map(|l| l.strip_prefix("session ")?.split("socks=127.0.0.1:").nth(1)?.parse().ok())
-        .unwrap_or_else(|| panic!("the client did not say its SOCKS port\n{}", dump(&session.client)));
+    let socks_port = socks_port(&session);
 
     // code-server (`--auth none`) listens on a unix socket in the job's private runtime
     // dir, where the helper's rewrite put it; the only TCP listener of the session is the
@@ -466,12 +471,7 @@ fn vscode_workbench_in_chromium_inside_an_htcondor_job() {
             .any(|l| l.contains("/vscode-slurm/server-") && l.contains("/var/lib/condor/execute/")),
         "code-server does not listen on a socket in the job's private directory: {sockets}"
     );
-    let socks_port: u16 = session
-        .client
-        .stdout_seen
-        .iter()
-        .find_map(|l| l.strip_prefix("session ")?.split("socks=127.0.0.1:").nth(1)?.parse().ok())
-        .unwrap_or_else(|| panic!("the client did not say its SOCKS port\n{}", dump(&session.client)));
+    let socks_port = socks_port(&session);
     let url = format!("http://127.0.0.1:{}/", session.relay_port);
     let workbench = Workbench {
         node: &node,
