@@ -57,13 +57,23 @@ pub fn cluster_id() -> Option<String> {
     ad_value(&text, "ClusterId").filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// How long the job may still run, if it has a limit (`allowed_job_duration`).
+/// How long the job may still run, if it has a limit (`allowed_job_duration`),
+/// at most [`MAX_LEFT`].
 pub fn time_left(now: u64) -> Option<Duration> {
     let text = read_ad(Path::new(&std::env::var_os(JOB_AD)?)).ok()?;
-    let allowed: u64 = ad_value(&text, "AllowedJobDuration")?.parse().ok()?;
+    let allowed = ad_value(&text, "AllowedJobDuration")?;
+    let Ok(allowed) = allowed.parse::<u64>() else {
+        // A policy's unevaluated expression (a transform's SET, not EVALSET).
+        tracing::info!("AllowedJobDuration is not a number of seconds ({allowed}); no warnings");
+        return None;
+    };
     let started: u64 = ad_value(&text, "JobCurrentStartDate")?.parse().ok()?;
-    Some(Duration::from_secs((started + allowed).saturating_sub(now)))
+    let ends = started.checked_add(allowed)?;
+    Some(Duration::from_secs(ends.saturating_sub(now)).min(MAX_LEFT))
 }
+
+/// Longer limits are as good as none, and an `Instant` this far ahead is safe.
+const MAX_LEFT: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 /// `--session-on-stdin`: the first line of stdin, read a byte at a time so
 /// that nothing after it (the launch script) is taken from the stream.
@@ -122,9 +132,13 @@ fn ad_value(ad: &str, name: &str) -> Option<String> {
     })
 }
 
-/// The IP of a "sinful string", `<10.0.0.3:9618?addrs=...>`.
+/// The IP of a "sinful string", `<10.0.0.3:9618?addrs=...>` or
+/// `<[2001:db8::5]:9618?...>`.
 fn sinful_ip(sinful: &str) -> Option<IpAddr> {
     let inner = sinful.strip_prefix('<')?;
+    if let Some(v6) = inner.strip_prefix('[') {
+        return v6[..v6.find(']')?].parse().ok();
+    }
     let end = inner.find([':', '>', '?'])?;
     inner[..end].parse().ok()
 }
@@ -142,6 +156,7 @@ mod tests {
         let addr = sinful_ip(&ad_value(ad, "MyAddress").unwrap());
         assert_eq!(addr, Some("10.77.1.11".parse().unwrap()));
         assert_eq!(sinful_ip("10.0.0.1:5"), None);
+        assert_eq!(sinful_ip("<[2001:db8::5]:9618?addrs=x>"), Some("2001:db8::5".parse().unwrap()));
     }
 
     #[test]

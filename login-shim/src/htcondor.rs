@@ -95,13 +95,25 @@ pub async fn start_window(
 /// The keeper runs where the job lands, without file transfer: HTCondor
 /// needs its absolute path, the same on every node (as the site installs it).
 fn absolute_helper(helper: &Path) -> Result<PathBuf, String> {
-    if helper.is_absolute() {
-        return Ok(helper.to_path_buf());
+    let found = if helper.is_absolute() {
+        helper.to_path_buf()
+    } else {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(helper))
+            .find(|candidate| candidate.is_absolute() && candidate.is_file())
+            .ok_or_else(|| {
+                format!("{} is not on this node's PATH; give --helper an absolute path", helper.display())
+            })?
+    };
+    // It goes into the submit description as it is.
+    let text = found.to_string_lossy();
+    if text.contains(|c: char| c.is_control() || c.is_whitespace() || matches!(c, '$' | '"' | '\'' | '\\')) {
+        return Err(format!(
+            "the helper's path {text:?} holds characters a submit description would read; install it elsewhere"
+        ));
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|dir| dir.join(helper)).find(|candidate| candidate.is_file()).ok_or_else(
-        || format!("{} is not on this node's PATH; give --helper an absolute path", helper.display()),
-    )
+    Ok(found)
 }
 
 fn session_line(secrets: &Secrets, kind: Kind) -> String {
@@ -182,10 +194,23 @@ async fn join_or_submit(
     }
 }
 
+/// The name HTCondor knows this user by (the jobs' `Owner`).
+pub fn user_name() -> Result<String, String> {
+    let uid = nix::unistd::getuid();
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|user| user.name)
+        .ok_or_else(|| format!("uid {uid} has no passwd entry on this node"))
+}
+
 /// The user's joinable editor jobs of this profile.
-async fn list(condor: &Condor, profile: &str) -> Result<Vec<Found>, vscode_slurm_common::slurm::SlurmError> {
-    let constraint = condor::profile_constraint(profile);
-    let out = condor.q(&["-constraint", &constraint, "-af", "ClusterId", "JobStatus"]).await?;
+async fn list(condor: &Condor, profile: &str) -> Result<Vec<Found>, String> {
+    let constraint = condor::profile_constraint(&user_name()?, profile);
+    let out = condor
+        .q(&["-constraint", &constraint, "-af", "ClusterId", "JobStatus"])
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(out
         .lines()
         .filter_map(|line| {

@@ -58,7 +58,7 @@ impl Backend {
         match self {
             Backend::Slurm(slurm) => list(slurm).await,
             Backend::HtCondor(condor) => {
-                let constraint = format!("{} =?= True", condor::SESSION_ATTR);
+                let constraint = condor::sessions_constraint(&crate::htcondor::user_name()?);
                 let attrs = [
                     condor::PROFILE_ATTR,
                     "ClusterId",
@@ -165,7 +165,7 @@ pub fn parse_condor(output: &str, now: u64) -> Vec<VsJob> {
             let node = slot.split_once('@').map_or("-", |(_, host)| host.split('.').next().unwrap_or(host));
             let time_left = match (allowed.parse::<u64>(), started.parse::<u64>()) {
                 (Ok(allowed), Ok(started)) if status == JobStatus::Running => crate::job::format_waited(
-                    std::time::Duration::from_secs((started + allowed).saturating_sub(now)),
+                    std::time::Duration::from_secs(started.saturating_add(allowed).saturating_sub(now)),
                 ),
                 _ => "-".to_owned(),
             };

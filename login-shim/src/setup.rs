@@ -335,7 +335,7 @@ pub fn render_proxy(args: &SetupArgs, known: &str) -> String {
          # 3. Use it with any SSH client: ssh {name}, scp FILE {name}:, rsync, ssh -L, ssh -X;\n\
          #    VS Code, VSCodium, Cursor, Windsurf: Remote-SSH: Connect to Host... > {name};\n\
          #    JetBrains Gateway, Zed: a host named {name}. Each connection is a window of the\n\
-         #    profile's Slurm job (queued on first use), so the first one waits for the job.\n",
+         #    profile's job (Slurm or HTCondor, queued on first use), so the first one waits for the job.\n",
         config = args.config(),
         login = args.login,
         block = proxy_block(args),

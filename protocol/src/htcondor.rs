@@ -24,25 +24,54 @@ pub const MAX_SUBMIT_COMMAND: usize = 1024;
 /// the job runs, where its output goes or how the shim finds it, so they
 /// are refused before anything is submitted. Compared case-insensitively,
 /// as condor_submit does.
-pub const OWNED_COMMANDS: [&str; 18] = [
+pub const OWNED_COMMANDS: [&str; 25] = [
     "universe",
     "executable",
     "arguments",
+    "arguments2",
     "args",
     "environment",
+    "environment2",
     "env",
     "getenv",
+    "get_env",
     "input",
+    "stdin",
     "output",
+    "stdout",
     "error",
+    "stderr",
     "log",
+    "shell",
     "transfer_executable",
     "batch_name",
-    "jobbatchname",
+    "want_io_proxy",
     "queue",
-    "+vscodesession",
-    "+vscodeprofile",
-    "+wantioproxy",
+    "include",
+    "use",
+    "if",
+];
+
+/// The job attributes those commands set (and ours), refused in their
+/// `+NAME` and `MY.NAME` forms, which set an attribute directly and would
+/// override them.
+pub const OWNED_ATTRIBUTES: [&str; 16] = [
+    SESSION_ATTR,
+    PROFILE_ATTR,
+    WINDOWS_ATTR,
+    "WantIOProxy",
+    "Cmd",
+    "Args",
+    "Arguments",
+    "Env",
+    "Environment",
+    "In",
+    "Out",
+    "Err",
+    "UserLog",
+    "JobUniverse",
+    "JobBatchName",
+    "TransferExecutable",
 ];
 
 /// An editor job's state, from `JobStatus`.
@@ -97,11 +126,20 @@ pub fn batch_name(profile: &str) -> String {
     format!("{JOB_NAME_PREFIX}{profile}")
 }
 
-/// The constraint that finds a profile's editor jobs (`condor_q` shows the
-/// user's own jobs only). `profile` is a checked profile name: letters,
-/// digits, `-`, `_`, `.`, so it needs no quoting inside the string.
-pub fn profile_constraint(profile: &str) -> String {
-    format!("{SESSION_ATTR} =?= True && {PROFILE_ATTR} =?= \"{profile}\"")
+/// The constraint that finds a profile's editor jobs. `profile` is a
+/// checked profile name: letters, digits, `-`, `_`, `.`, so it needs no
+/// quoting inside the string.
+///
+/// The owner is named too: anyone can label a job of theirs with our
+/// attributes, and `condor_q` shows other users' jobs where the site sets
+/// `CONDOR_Q_ONLY_MY_JOBS = False` or to a queue superuser.
+pub fn profile_constraint(owner: &str, profile: &str) -> String {
+    format!("{} && {PROFILE_ATTR} =?= \"{profile}\"", sessions_constraint(owner))
+}
+
+/// The constraint that finds every editor job of `owner`.
+pub fn sessions_constraint(owner: &str) -> String {
+    format!("Owner == {} && {SESSION_ATTR} =?= True", classad_string(owner))
 }
 
 /// One user submit command, `name = value` (spaces optional), checked
@@ -125,7 +163,13 @@ pub fn check_submit_command(text: &str) -> Result<(String, String), String> {
         ));
     };
     let (name, value) = (name.trim(), value.trim());
-    let plain = name.strip_prefix('+').or_else(|| name.strip_prefix("MY.")).unwrap_or(name);
+    // condor_submit reads `MY.` in any case.
+    let attribute = match name.strip_prefix('+') {
+        Some(rest) => Some(rest),
+        None if name.len() > 3 && name[..3].eq_ignore_ascii_case("my.") => Some(&name[3..]),
+        None => None,
+    };
+    let plain = attribute.unwrap_or(name);
     let well_formed = !plain.is_empty()
         && plain.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && plain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
@@ -137,9 +181,15 @@ pub fn check_submit_command(text: &str) -> Result<(String, String), String> {
     if value.is_empty() {
         return Err(format!("'{text}' gives {name} no value"));
     }
-    let lower = name.to_ascii_lowercase();
-    let as_attr = format!("+{}", plain.to_ascii_lowercase());
-    if OWNED_COMMANDS.contains(&lower.as_str()) || OWNED_COMMANDS.contains(&as_attr.as_str()) {
+    // A trailing backslash joins the next line (ours) to this one.
+    if value.ends_with('\\') {
+        return Err(format!("'{text}' ends in a backslash, which would join it to the next command"));
+    }
+    let owned = match attribute {
+        Some(attribute) => OWNED_ATTRIBUTES.iter().any(|owned| owned.eq_ignore_ascii_case(attribute)),
+        None => OWNED_COMMANDS.iter().any(|owned| owned.eq_ignore_ascii_case(name)),
+    };
+    if owned {
         return Err(format!("'{name}' is written by vscode-shim (the editor job runs its keeper); drop it"));
     }
     Ok((name.to_owned(), value.to_owned()))
@@ -183,6 +233,12 @@ mod tests {
             ("1abc = 2", "is not a submit command name"),
             ("request_memory =", "gives request_memory no value"),
             ("a = 1\nqueue", "control character"),
+            ("my.VSCodeProfile = \"x\"", "is written by vscode-shim"),
+            ("+cmd = \"/bin/sh\"", "is written by vscode-shim"),
+            ("MY.JobUniverse = 7", "is written by vscode-shim"),
+            ("stdout = /tmp/x", "is written by vscode-shim"),
+            ("Arguments2 = x", "is written by vscode-shim"),
+            ("request_memory = 1 \\", "ends in a backslash"),
         ] {
             let e = check_submit_command(bad).unwrap_err();
             assert!(e.contains(says), "{bad:?}: {e}");
@@ -197,7 +253,10 @@ mod tests {
         assert_eq!(JobStatus::from_code("x"), None);
         assert!(JobStatus::Idle.joinable() && !JobStatus::Held.joinable());
         assert_eq!(batch_name("gpu"), "vscode:gpu");
-        assert_eq!(profile_constraint("gpu"), "VSCodeSession =?= True && VSCodeProfile =?= \"gpu\"");
+        assert_eq!(
+            profile_constraint("alice", "gpu"),
+            "Owner == \"alice\" && VSCodeSession =?= True && VSCodeProfile =?= \"gpu\""
+        );
         assert_eq!(classad_string(r#"a"b\c"#), r#""a\"b\\c""#);
     }
 }

@@ -457,7 +457,7 @@ fn vscode_workbench_in_chromium_inside_an_htcondor_job() {
     write_user_settings(&lab);
     let opened = Instant::now();
     let session = Session::open(&lab, SessionOptions { template: Some(LAUNCH_SCRIPT), ..Default::default() });
-    let queue = lab.sh_ok(Some(USER), "login", "condor_q -af ClusterId RemoteHost");
+    let queue = lab.sh_ok(Some(USER), "login", &format!("condor_q {USER} -af ClusterId RemoteHost"));
     let fields: Vec<&str> = queue.split_whitespace().collect();
     let [job, slot] = fields[..] else { panic!("want one running editor job of {USER}: {queue}") };
     let job: u32 = job.parse().expect("a cluster id");
@@ -490,7 +490,7 @@ fn vscode_workbench_in_chromium_inside_an_htcondor_job() {
         &format!("HTCondor job {job} to leave the queue, nothing of alice left on {node}"),
         Duration::from_secs(60),
         || {
-            let queue = lab.sh_ok(Some(USER), "login", "condor_q -af ClusterId");
+            let queue = lab.sh_ok(Some(USER), "login", &format!("condor_q {USER} -af ClusterId"));
             let ps = lab.sh_ok(None, &node, &format!("ps -u {USER} -o pid= || true"));
             format!("{}{}", queue.trim(), ps.trim())
         },

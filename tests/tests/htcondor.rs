@@ -35,7 +35,8 @@ fn open(lab: &Lab, mode: &str, reuse: bool, remote_command: &str, ssh_options: &
 
 /// `user`'s jobs in the queue: (cluster, JobStatus).
 fn queue(lab: &Lab, user: &str) -> Vec<(u32, u32)> {
-    lab.sh_ok(Some(user), "login", "condor_q -af ClusterId JobStatus")
+    // The pool shows every user's jobs (CONDOR_Q_ONLY_MY_JOBS = False): name the user.
+    lab.sh_ok(Some(user), "login", &format!("condor_q {user} -af ClusterId JobStatus"))
         .lines()
         .filter_map(|l| {
             let (id, status) = l.split_once(' ')?;
@@ -237,8 +238,23 @@ fn bad_submit_commands_are_one_line_and_submit_nothing() {
 fn strangers_get_nothing_on_the_htcondor_path() {
     let lab = Lab::htcondor();
     let command = "vscode-shim --profile strangers -- request_memory=100";
+    // bob labels a job of his own as a session of alice's profile, running
+    // and idle: the pool shows every user's jobs, but alice's windows must
+    // never take his for hers.
+    let decoy = "printf '%s\\n' 'executable = /bin/sleep' 'arguments = 600' 'request_memory = 50' \
+                 '+VSCodeSession = True' '+VSCodeProfile = \"strangers\"' 'queue 2' | condor_submit -terse -";
+    let decoys = lab.sh_ok(Some("bob"), "login", decoy);
+    let decoy_cluster: u32 = decoys.split('.').next().and_then(|id| id.trim().parse().ok()).expect("bob's cluster");
     let mut session = open(&lab, "legacy", false, command, &[]);
     let (job, node) = (cluster(&session), session.node());
+    assert_ne!(job, decoy_cluster, "alice's window joined bob's labelled job");
+    lab.sh_ok(Some("bob"), "login", &format!("condor_rm {decoy_cluster}"));
+    wait_until(
+        "bob's labelled jobs to leave the queue",
+        CONDOR_SLACK,
+        || lab.sh_ok(Some("bob"), "login", "condor_q bob -af ClusterId"),
+        |q| q.trim().is_empty(),
+    );
     let other = if node == "c1" { "c2" } else { "c1" };
     let server_local = session.field("local_addr");
     // The starter's chirp proxy (the keeper's way to update its job's ad)
@@ -271,7 +287,7 @@ fn strangers_get_nothing_on_the_htcondor_path() {
     wait_until(
         &format!("bob's probe job {bob_job} to finish"),
         CONDOR_SLACK,
-        || lab.sh_ok(Some("bob"), "login", "condor_q -af ClusterId"),
+        || lab.sh_ok(Some("bob"), "login", "condor_q bob -af ClusterId"),
         |q| q.trim().is_empty(),
     );
     let report = lab.sh_ok(Some("bob"), "login", &format!("cat {out}; rm -f {out} {out}.err"));
