@@ -9,14 +9,19 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use vscode_slurm_protocol::{env, slurm};
+use vscode_slurm_protocol::{env, htcondor as condor, slurm};
+
+use crate::scheduler::{self, Scheduler};
 
 /// Checks on the login node that VS Code sessions in jobs can work, and prints fixes.
 ///
 /// Checks that the Slurm commands and vscode-job-helper are on PATH, that
 /// salloc knows --vscode (the spank_vscode plugin is loaded), and that a
 /// tiny `salloc --vscode` job runs the helper on a compute node with the
-/// plugin's environment. Exit status: 0 if every check is ok, 1 otherwise.
+/// plugin's environment. On an HTCondor access point (--scheduler htcondor,
+/// or the site's default): HTCondor's commands, the helper, the schedd, and
+/// a tiny job running the helper at the same path on an execute point.
+/// Exit status: 0 if every check is ok, 1 otherwise.
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// The helper program, as vscode-shim's --helper.
@@ -35,7 +40,12 @@ pub struct DoctorArgs {
     #[arg(long)]
     pub no_job: bool,
 
-    /// Arguments for the test job's salloc, e.g. `--partition=debug`.
+    /// The scheduler to check (default: as for a session).
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub scheduler: Option<Scheduler>,
+
+    /// Arguments for the test job's salloc, e.g. `--partition=debug`; on
+    /// HTCondor, submit commands, e.g. 'request_memory = 100'.
     #[arg(last = true, value_name = "SALLOC_ARGS")]
     pub salloc_args: Vec<String>,
 }
@@ -66,7 +76,21 @@ pub fn run(args: &DoctorArgs) -> i32 {
             failed += 1;
         }
     };
+    match scheduler::choose(args.scheduler) {
+        Err(e) => report(Check { name: "scheduler".to_owned(), result: Err((e, "see above".to_owned())) }),
+        Ok(Scheduler::Htcondor) => check_htcondor(args, &mut report),
+        Ok(Scheduler::Slurm) => check_slurm(args, &mut report),
+    }
+    if failed == 0 {
+        println!("all checks ok");
+        0
+    } else {
+        println!("{failed} check(s) failed");
+        1
+    }
+}
 
+fn check_slurm(args: &DoctorArgs, report: &mut dyn FnMut(Check)) {
     for program in ["salloc", "srun", "squeue", "scancel"] {
         let program = if program == "salloc" { args.salloc.as_os_str() } else { OsStr::new(program) };
         report(found(program, "install the Slurm client commands on this login node, or add them to PATH"));
@@ -85,12 +109,142 @@ pub fn run(args: &DoctorArgs) -> i32 {
     } else {
         report(helper_in_job(args));
     }
-    if failed == 0 {
-        println!("all checks ok");
-        0
+}
+
+/// On an HTCondor access point: the client commands, the helper, the
+/// schedd answering, and a tiny job running the helper on an execute point.
+fn check_htcondor(args: &DoctorArgs, report: &mut dyn FnMut(Check)) {
+    for program in ["condor_submit", "condor_q", "condor_rm", "condor_ssh_to_job"] {
+        report(found(
+            OsStr::new(program),
+            "install HTCondor's client commands on this access point, or add them to PATH",
+        ));
+    }
+    let helper = found(
+        args.helper.as_os_str(),
+        "install the vscode-slurm package (it puts vscode-job-helper in /usr/bin) on access and execute points",
+    );
+    let helper_path = helper.result.as_ref().ok().map(PathBuf::from);
+    report(helper);
+    let schedd = match run_quietly("condor_q", &["-totals"]) {
+        Ok(_) => Ok("condor_q answers".to_owned()),
+        Err(e) => {
+            Err((e, "check that this access point's schedd runs and that you may submit to it".to_owned()))
+        }
+    };
+    let schedd_ok = schedd.is_ok();
+    report(Check { name: "schedd answers".to_owned(), result: schedd });
+    match helper_path {
+        _ if args.no_job => println!("skip  helper in a job: --no-job"),
+        _ if !schedd_ok => println!("skip  helper in a job: needs the schedd"),
+        None => println!("skip  helper in a job: needs the helper"),
+        Some(path) => report(helper_in_condor_job(args, &path)),
+    }
+}
+
+fn run_quietly(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        println!("{failed} check(s) failed");
-        1
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        Err(format!(
+            "{program} failed: {}",
+            stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim()
+        ))
+    }
+}
+
+/// Submits `HELPER --version` as the editor job would run the keeper (same
+/// path, no file transfer) and waits for its exit code.
+fn helper_in_condor_job(args: &DoctorArgs, helper: &Path) -> Check {
+    let name = "helper in a job".to_owned();
+    let fail = |why: String, fix: &str| Check { name: name.clone(), result: Err((why, fix.to_owned())) };
+    let mut description = format!(
+        "universe = vanilla\nexecutable = {}\ntransfer_executable = false\narguments = --version\n\
+         output = /dev/null\nerror = /dev/null\nbatch_name = vscode-doctor\n",
+        helper.display()
+    );
+    for arg in &args.salloc_args {
+        match condor::check_submit_command(arg) {
+            Ok((key, value)) => description.push_str(&format!("{key} = {value}\n")),
+            Err(e) => {
+                return fail(
+                    e,
+                    "give submit commands after --, one per argument, e.g. 'request_memory = 100'",
+                )
+            }
+        }
+    }
+    description.push_str("queue\n");
+    let submitted = Command::new("condor_submit")
+        .args(["-terse", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            if let Some(mut stdin) = child.stdin.take() {
+                use std::io::Write;
+                stdin.write_all(description.as_bytes())?;
+            }
+            child.wait_with_output()
+        });
+    let id = match submitted {
+        Ok(out) if out.status.success() => {
+            match vscode_slurm_common::htcondor::parse_terse(&String::from_utf8_lossy(&out.stdout)) {
+                Some(id) => id.to_string(),
+                None => return fail("condor_submit named no job".to_owned(), "see condor_submit's output"),
+            }
+        }
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            let why = stderr
+                .lines()
+                .find(|l| l.contains("ERROR"))
+                .unwrap_or("condor_submit failed")
+                .trim()
+                .to_owned();
+            return fail(why, "check the submit commands after --");
+        }
+        Err(e) => return fail(format!("cannot run condor_submit: {e}"), "see above"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(args.wait);
+    loop {
+        let state = run_quietly("condor_q", &[&id, "-af:t", "JobStatus", "HoldReason"]).unwrap_or_default();
+        let mut fields = state.trim_end().split('\t');
+        match (fields.next(), fields.next()) {
+            (Some("5"), reason) => {
+                let _ = run_quietly("condor_rm", &[&id]);
+                return fail(
+                    format!("the test job {id} was held: {}", reason.unwrap_or("no reason given")),
+                    &format!("install vscode-job-helper at {} on every execute point", helper.display()),
+                );
+            }
+            (Some(""), _) | (None, _) => break,
+            _ if Instant::now() >= deadline => {
+                let _ = run_quietly("condor_rm", &[&id]);
+                return fail(
+                    format!("the test job {id} did not finish within {}s (still idle?)", args.wait),
+                    "retry with a larger --wait, or ask for less after --",
+                );
+            }
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+    let ended = run_quietly("condor_history", &[&id, "-limit", "1", "-af", "ExitCode", "LastRemoteHost"])
+        .unwrap_or_default();
+    let mut words = ended.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some("0"), Some(slot)) => Check { name, result: Ok(format!("ran in {slot}")) },
+        (code, _) => fail(
+            format!("the test job {id} ended with exit code {}", code.unwrap_or("unknown")),
+            &format!("check that {} runs on the execute points", helper.display()),
+        ),
     }
 }
 

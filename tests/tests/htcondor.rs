@@ -244,7 +244,8 @@ fn strangers_get_nothing_on_the_htcondor_path() {
     let decoy = "printf '%s\\n' 'executable = /bin/sleep' 'arguments = 600' 'request_memory = 50' \
                  '+VSCodeSession = True' '+VSCodeProfile = \"strangers\"' 'queue 2' | condor_submit -terse -";
     let decoys = lab.sh_ok(Some("bob"), "login", decoy);
-    let decoy_cluster: u32 = decoys.split('.').next().and_then(|id| id.trim().parse().ok()).expect("bob's cluster");
+    let decoy_cluster: u32 =
+        decoys.split('.').next().and_then(|id| id.trim().parse().ok()).expect("bob's cluster");
     let mut session = open(&lab, "legacy", false, command, &[]);
     let (job, node) = (cluster(&session), session.node());
     assert_ne!(job, decoy_cluster, "alice's window joined bob's labelled job");
@@ -421,4 +422,37 @@ fn a_time_limit_warns_before_and_its_hold_ends_the_session() {
     assert_eq!(held.len(), 1, "one line for the hold:\n{}", dump(&session.client));
     drop(session);
     assert_nothing_left(&lab, "alice", job, CONDOR_SLACK);
+}
+
+/// `vscode-shim doctor` on an access point checks the pool: client
+/// commands, the helper, the schedd, and a tiny job running the helper at
+/// the same path on an execute point; a helper only the access point has
+/// fails that last check with the fix.
+#[test]
+#[ignore = "needs the lab's HTCondor pool: labctl up --scheduler htcondor"]
+fn doctor_checks_the_pool() {
+    let lab = Lab::htcondor();
+    let out = lab.sh(Some("alice"), "login", "vscode-shim doctor -- request_memory=50");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "doctor failed on a working pool:\n{text}");
+    assert!(text.contains("ok    schedd answers: condor_q answers"), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("ok    helper in a job: ran in slot") && l.ends_with(".lab")),
+        "{text}"
+    );
+    // A helper that exists on this access point only (its /tmp is its own).
+    let out = lab.sh(
+        Some("alice"),
+        "login",
+        "cp /usr/local/bin/vscode-job-helper /tmp/helper-here-only && \
+         vscode-shim doctor --helper /tmp/helper-here-only -- request_memory=50; echo exit=$?; rm -f /tmp/helper-here-only",
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("exit=1"), "{text}");
+    assert!(text.contains("FAIL  helper in a job: the test job"), "{text}");
+    assert!(
+        text.contains("fix: install vscode-job-helper at /tmp/helper-here-only on every execute point"),
+        "{text}"
+    );
+    assert!(queue(&lab, "alice").is_empty(), "doctor left a job behind");
 }
