@@ -30,7 +30,7 @@ use crate::profile::{self, Attempt, Found};
 use crate::session::{shutdown_reason, Kind, Signals};
 
 /// What a removal by the shim says in the job's RemoveReason.
-const REMOVED_PENDING: &str = "vscode-shim: the session ended while the job was idle";
+const REMOVED_PENDING: &str = "vscode-shim: the session ended before its first window started";
 const REMOVED_HELD: &str = "vscode-shim: the editor job was held";
 const REMOVED_TWIN: &str = "vscode-shim: another window submitted the profile's job at the same time";
 

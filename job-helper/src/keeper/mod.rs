@@ -128,6 +128,8 @@ pub async fn run(options: KeepOptions) -> i32 {
         watch::channel(Attachment { windows: 0, ends_at: Some(unix_now() + first_wait.as_secs()) });
     let local = tokio::task::LocalSet::new();
     let job = Rc::new(job);
+    // The sessions of the shells this keeper started, still running.
+    let groups: Groups = Rc::default();
     let code = local
         .run_until(async {
             let publisher = match job.scheduler {
@@ -137,6 +139,7 @@ pub async fn run(options: KeepOptions) -> i32 {
             tokio::task::spawn_local(publish_attachment(job.id.clone(), publisher, attachment));
             tokio::task::spawn_local(warn_before_limit(job.clone(), options, notices.clone()));
             let windows = Rc::new(Cell::new(0usize));
+            let started = Rc::clone(&groups);
             let mut deadline = Some(Instant::now() + first_wait);
             loop {
                 tokio::select! {
@@ -144,7 +147,7 @@ pub async fn run(options: KeepOptions) -> i32 {
                         Ok((stream, _)) => {
                             windows.set(windows.get() + 1);
                             deadline = None;
-                            tokio::task::spawn_local(serve_window(stream, job.uid, notices.subscribe(), detached_tx.clone()));
+                            tokio::task::spawn_local(serve_window(stream, job.uid, notices.subscribe(), detached_tx.clone(), Rc::clone(&started)));
                         }
                         Err(e) => {
                             tracing::warn!("accepting a window: {e}");
@@ -176,6 +179,7 @@ pub async fn run(options: KeepOptions) -> i32 {
         })
         .await;
     let _ = std::fs::remove_file(&socket);
+    end_groups(&groups);
     code
 }
 
@@ -194,13 +198,31 @@ fn listen(path: &Path) -> io::Result<UnixListener> {
 
 /// One window: start its shell, report the shell's end and any notices,
 /// and count it as attached until its connection closes.
+/// The process groups (each a session: see `spawn_shell`) of the shells
+/// the keeper started that have not exited.
+type Groups = Rc<std::cell::RefCell<std::collections::BTreeSet<i32>>>;
+
+/// Ends every shell the keeper started, with all it started in its session,
+/// in one signal per group. Left to the scheduler's sweep (Slurm's kill,
+/// HTCondor's starter), a launch script's keep-alive loop can fork its next
+/// `sleep` between two kills of a process-by-process sweep; that sleep then
+/// outlives the job (seen in the HTCondor lab after `condor_rm`). A group
+/// signal reaches every member at once, and a fork racing it is killed too.
+fn end_groups(groups: &Groups) {
+    for &group in groups.borrow().iter() {
+        let _ =
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 async fn serve_window(
     mut stream: UnixStream,
     uid: u32,
     mut notices: broadcast::Receiver<String>,
     detached: mpsc::UnboundedSender<()>,
+    groups: Groups,
 ) {
-    if let Err(e) = serve_window_inner(&mut stream, uid, &mut notices).await {
+    if let Err(e) = serve_window_inner(&mut stream, uid, &mut notices, groups).await {
         tracing::warn!("a window's connection failed: {e}");
     }
     let _ = detached.send(());
@@ -210,6 +232,7 @@ async fn serve_window_inner(
     stream: &mut UnixStream,
     uid: u32,
     notices: &mut broadcast::Receiver<String>,
+    groups: Groups,
 ) -> io::Result<()> {
     let peer = stream.peer_cred()?;
     if peer.uid() != uid {
@@ -223,6 +246,12 @@ async fn serve_window_inner(
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "a malformed spawn request"))?;
     let mut child = spawn_shell(&request, fds)?;
     let pid = child.id().unwrap_or(0);
+    // Until it is reaped its pid (its group's id) cannot be reused, so the
+    // group can be signalled safely; once reaped, no loop of it forks.
+    let group = i32::try_from(pid).ok().filter(|&pid| pid > 0);
+    if let Some(group) = group {
+        groups.borrow_mut().insert(group);
+    }
     tracing::info!("started {} as pid {pid} for a window", request.program.display());
     stream.write_all(Answer::Pid(pid).line().as_bytes()).await?;
 
@@ -232,6 +261,9 @@ async fn serve_window_inner(
         tokio::select! {
             status = child.wait(), if !shell_done => {
                 shell_done = true;
+                if let Some(group) = group {
+                    groups.borrow_mut().remove(&group);
+                }
                 let code = status.map(crate::shell::exit_code).unwrap_or(1);
                 stream.write_all(Answer::Exit(code).line().as_bytes()).await?;
             }
@@ -252,6 +284,9 @@ async fn serve_window_inner(
     if !shell_done {
         tokio::task::spawn_local(async move {
             let _ = child.wait().await;
+            if let Some(group) = group {
+                groups.borrow_mut().remove(&group);
+            }
         });
     }
     result
