@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use crate::slurm::{run, run_with_input, SlurmError};
+use crate::slurm::{query, run_with_input, SlurmError};
 
 /// The HTCondor client programs; hidden, like Slurm's, for tests.
 #[derive(Debug, Clone, clap::Args)]
@@ -77,16 +77,7 @@ impl Condor {
         program: &std::path::Path,
         args: &[S],
     ) -> Result<String, SlurmError> {
-        let output = run(program, args, self.timeout).await?;
-        if !output.status.success() {
-            let error = SlurmError::Failed {
-                program: crate::slurm::name(program),
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-            };
-            tracing::info!("{error}");
-            return Err(error);
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        query(program, args, self.timeout).await
     }
 }
 

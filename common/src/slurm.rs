@@ -103,17 +103,27 @@ impl Slurm {
     }
 
     async fn query<S: AsRef<OsStr>>(&self, program: &Path, args: &[S]) -> Result<String, SlurmError> {
-        let output = run(program, args, self.timeout).await?;
-        if !output.status.success() {
-            let error = SlurmError::Failed {
-                program: name(program),
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-            };
-            tracing::info!("{error}");
-            return Err(error);
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        query(program, args, self.timeout).await
     }
+}
+
+/// A query's stdout; a failed exit is an error carrying its stderr. Shared
+/// with the HTCondor client, whose tools fail the same way.
+pub(crate) async fn query<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    bound: Duration,
+) -> Result<String, SlurmError> {
+    let output = run(program, args, bound).await?;
+    if !output.status.success() {
+        let error = SlurmError::Failed {
+            program: name(program),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        };
+        tracing::info!("{error}");
+        return Err(error);
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 pub(crate) async fn run<S: AsRef<OsStr>>(
@@ -156,7 +166,7 @@ pub(crate) async fn run_with_input<S: AsRef<OsStr>>(
     Err(error)
 }
 
-pub(crate) fn name(program: &Path) -> String {
+fn name(program: &Path) -> String {
     program.display().to_string()
 }
 
